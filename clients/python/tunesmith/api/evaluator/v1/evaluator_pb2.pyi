@@ -1,0 +1,193 @@
+from google.protobuf import struct_pb2 as _struct_pb2
+from tunesmith.api.common.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ModelUnderTest(_message.Message):
+    __slots__ = ("label", "model", "adapter")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    model: str
+    adapter: _common_pb2.ArtifactRef
+    def __init__(self, label: _Optional[str] = ..., model: _Optional[str] = ..., adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
+
+class GenerationConfig(_message.Message):
+    __slots__ = ("max_new_tokens", "temperature", "top_p", "batch_size", "stop", "seed")
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    batch_size: int
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    seed: int
+    def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., batch_size: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class EvaluationSpec(_message.Message):
+    __slots__ = ("dataset_id", "split", "max_rows", "benchmarks", "models", "generation", "backend", "baseline", "regression_tolerance", "keep_samples", "options")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    BENCHMARKS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    REGRESSION_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    KEEP_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    split: str
+    max_rows: int
+    benchmarks: _containers.RepeatedScalarFieldContainer[str]
+    models: _containers.RepeatedCompositeFieldContainer[ModelUnderTest]
+    generation: GenerationConfig
+    backend: str
+    baseline: str
+    regression_tolerance: float
+    keep_samples: int
+    options: _struct_pb2.Struct
+    def __init__(self, dataset_id: _Optional[str] = ..., split: _Optional[str] = ..., max_rows: _Optional[int] = ..., benchmarks: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[ModelUnderTest, _Mapping]]] = ..., generation: _Optional[_Union[GenerationConfig, _Mapping]] = ..., backend: _Optional[str] = ..., baseline: _Optional[str] = ..., regression_tolerance: _Optional[float] = ..., keep_samples: _Optional[int] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class CreateEvaluationRequest(_message.Message):
+    __slots__ = ("spec", "idempotency_key", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    spec: EvaluationSpec
+    idempotency_key: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, spec: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class MetricValue(_message.Message):
+    __slots__ = ("benchmark", "metric", "value", "ci_low", "ci_high")
+    BENCHMARK_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CI_LOW_FIELD_NUMBER: _ClassVar[int]
+    CI_HIGH_FIELD_NUMBER: _ClassVar[int]
+    benchmark: str
+    metric: str
+    value: float
+    ci_low: float
+    ci_high: float
+    def __init__(self, benchmark: _Optional[str] = ..., metric: _Optional[str] = ..., value: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ...) -> None: ...
+
+class ModelScore(_message.Message):
+    __slots__ = ("label", "model", "metrics", "generate_seconds", "tokens_per_second")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    model: str
+    metrics: _containers.RepeatedCompositeFieldContainer[MetricValue]
+    generate_seconds: float
+    tokens_per_second: float
+    def __init__(self, label: _Optional[str] = ..., model: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[MetricValue, _Mapping]]] = ..., generate_seconds: _Optional[float] = ..., tokens_per_second: _Optional[float] = ...) -> None: ...
+
+class Comparison(_message.Message):
+    __slots__ = ("baseline", "candidate", "metric", "delta", "p_value", "significant")
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    SIGNIFICANT_FIELD_NUMBER: _ClassVar[int]
+    baseline: str
+    candidate: str
+    metric: str
+    delta: float
+    p_value: float
+    significant: bool
+    def __init__(self, baseline: _Optional[str] = ..., candidate: _Optional[str] = ..., metric: _Optional[str] = ..., delta: _Optional[float] = ..., p_value: _Optional[float] = ..., significant: _Optional[bool] = ...) -> None: ...
+
+class Sample(_message.Message):
+    __slots__ = ("row", "prompt", "reference", "outputs", "correct")
+    class OutputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class CorrectEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bool
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bool] = ...) -> None: ...
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    row: int
+    prompt: str
+    reference: str
+    outputs: _containers.ScalarMap[str, str]
+    correct: _containers.ScalarMap[str, bool]
+    def __init__(self, row: _Optional[int] = ..., prompt: _Optional[str] = ..., reference: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., correct: _Optional[_Mapping[str, bool]] = ...) -> None: ...
+
+class EvaluationReport(_message.Message):
+    __slots__ = ("scores", "comparisons", "samples", "rows", "regression_gate_passed", "error_analysis")
+    class ErrorAnalysisEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _common_pb2.Metrics
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_common_pb2.Metrics, _Mapping]] = ...) -> None: ...
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    COMPARISONS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    REGRESSION_GATE_PASSED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_ANALYSIS_FIELD_NUMBER: _ClassVar[int]
+    scores: _containers.RepeatedCompositeFieldContainer[ModelScore]
+    comparisons: _containers.RepeatedCompositeFieldContainer[Comparison]
+    samples: _containers.RepeatedCompositeFieldContainer[Sample]
+    rows: int
+    regression_gate_passed: bool
+    error_analysis: _containers.MessageMap[str, _common_pb2.Metrics]
+    def __init__(self, scores: _Optional[_Iterable[_Union[ModelScore, _Mapping]]] = ..., comparisons: _Optional[_Iterable[_Union[Comparison, _Mapping]]] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., rows: _Optional[int] = ..., regression_gate_passed: _Optional[bool] = ..., error_analysis: _Optional[_Mapping[str, _common_pb2.Metrics]] = ...) -> None: ...
+
+class Evaluation(_message.Message):
+    __slots__ = ("job", "spec", "report", "report_artifact")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    REPORT_ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    job: _common_pb2.Job
+    spec: EvaluationSpec
+    report: EvaluationReport
+    report_artifact: _common_pb2.ArtifactRef
+    def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ..., spec: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., report: _Optional[_Union[EvaluationReport, _Mapping]] = ..., report_artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
+
+class ListEvaluationsResponse(_message.Message):
+    __slots__ = ("evaluations", "next_page_token")
+    EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    evaluations: _containers.RepeatedCompositeFieldContainer[Evaluation]
+    next_page_token: str
+    def __init__(self, evaluations: _Optional[_Iterable[_Union[Evaluation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

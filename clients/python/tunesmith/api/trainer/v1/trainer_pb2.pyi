@@ -1,0 +1,296 @@
+from google.protobuf import struct_pb2 as _struct_pb2
+from tunesmith.api.common.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Objective(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OBJECTIVE_UNSPECIFIED: _ClassVar[Objective]
+    OBJECTIVE_SFT: _ClassVar[Objective]
+    OBJECTIVE_DPO: _ClassVar[Objective]
+OBJECTIVE_UNSPECIFIED: Objective
+OBJECTIVE_SFT: Objective
+OBJECTIVE_DPO: Objective
+
+class Hyperparameters(_message.Message):
+    __slots__ = ("epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm", "seed", "max_seq_length", "dtype", "gradient_checkpointing", "completion_only_loss", "packing", "dpo_beta", "eval_every_steps", "early_stopping_patience", "checkpoint_every_steps", "log_every_steps", "optimizer")
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_ACCUMULATION_STEPS_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    LR_SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_RATIO_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_STEPS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQ_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_ONLY_LOSS_FIELD_NUMBER: _ClassVar[int]
+    PACKING_FIELD_NUMBER: _ClassVar[int]
+    DPO_BETA_FIELD_NUMBER: _ClassVar[int]
+    EVAL_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
+    EARLY_STOPPING_PATIENCE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
+    LOG_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    epochs: int
+    max_steps: int
+    batch_size: int
+    gradient_accumulation_steps: int
+    learning_rate: float
+    lr_scheduler: str
+    warmup_ratio: float
+    warmup_steps: int
+    weight_decay: float
+    max_grad_norm: float
+    seed: int
+    max_seq_length: int
+    dtype: str
+    gradient_checkpointing: bool
+    completion_only_loss: bool
+    packing: bool
+    dpo_beta: float
+    eval_every_steps: int
+    early_stopping_patience: int
+    checkpoint_every_steps: int
+    log_every_steps: int
+    optimizer: str
+    def __init__(self, epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., warmup_ratio: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., seed: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., dtype: _Optional[str] = ..., gradient_checkpointing: _Optional[bool] = ..., completion_only_loss: _Optional[bool] = ..., packing: _Optional[bool] = ..., dpo_beta: _Optional[float] = ..., eval_every_steps: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., checkpoint_every_steps: _Optional[int] = ..., log_every_steps: _Optional[int] = ..., optimizer: _Optional[str] = ...) -> None: ...
+
+class MethodSpec(_message.Message):
+    __slots__ = ("name", "rank", "alpha", "dropout", "target_modules", "options")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    DROPOUT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rank: int
+    alpha: float
+    dropout: float
+    target_modules: _containers.RepeatedScalarFieldContainer[str]
+    options: _struct_pb2.Struct
+    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., alpha: _Optional[float] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class TrainingJobSpec(_message.Message):
+    __slots__ = ("base_model", "dataset_id", "train_split", "validation_split", "objective", "method", "hyperparameters", "merge", "executor", "device", "num_processes", "resume_from_checkpoint", "serve_as")
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    MERGE_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    NUM_PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FROM_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    SERVE_AS_FIELD_NUMBER: _ClassVar[int]
+    base_model: str
+    dataset_id: str
+    train_split: str
+    validation_split: str
+    objective: Objective
+    method: MethodSpec
+    hyperparameters: Hyperparameters
+    merge: bool
+    executor: str
+    device: str
+    num_processes: int
+    resume_from_checkpoint: str
+    serve_as: str
+    def __init__(self, base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., train_split: _Optional[str] = ..., validation_split: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., method: _Optional[_Union[MethodSpec, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., merge: _Optional[bool] = ..., executor: _Optional[str] = ..., device: _Optional[str] = ..., num_processes: _Optional[int] = ..., resume_from_checkpoint: _Optional[str] = ..., serve_as: _Optional[str] = ...) -> None: ...
+
+class CreateTrainingJobRequest(_message.Message):
+    __slots__ = ("spec", "idempotency_key", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    spec: TrainingJobSpec
+    idempotency_key: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class TrainingResult(_message.Message):
+    __slots__ = ("adapter", "merged_model", "checkpoints", "train_seconds", "train_tokens", "tokens_per_second", "final_train_loss", "first_train_loss", "best_validation_loss", "steps", "trainable_parameters", "total_parameters", "peak_memory_bytes", "stopped_early")
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    MERGED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    FINAL_TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    BEST_VALIDATION_LOSS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    TRAINABLE_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_EARLY_FIELD_NUMBER: _ClassVar[int]
+    adapter: _common_pb2.ArtifactRef
+    merged_model: _common_pb2.ArtifactRef
+    checkpoints: _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]
+    train_seconds: float
+    train_tokens: int
+    tokens_per_second: float
+    final_train_loss: float
+    first_train_loss: float
+    best_validation_loss: float
+    steps: int
+    trainable_parameters: int
+    total_parameters: int
+    peak_memory_bytes: int
+    stopped_early: bool
+    def __init__(self, adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., merged_model: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., checkpoints: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., train_seconds: _Optional[float] = ..., train_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., final_train_loss: _Optional[float] = ..., first_train_loss: _Optional[float] = ..., best_validation_loss: _Optional[float] = ..., steps: _Optional[int] = ..., trainable_parameters: _Optional[int] = ..., total_parameters: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., stopped_early: _Optional[bool] = ...) -> None: ...
+
+class TrainingJob(_message.Message):
+    __slots__ = ("job", "spec", "result")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    job: _common_pb2.Job
+    spec: TrainingJobSpec
+    result: TrainingResult
+    def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ..., spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., result: _Optional[_Union[TrainingResult, _Mapping]] = ...) -> None: ...
+
+class ListTrainingJobsResponse(_message.Message):
+    __slots__ = ("jobs", "next_page_token")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[TrainingJob]
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[TrainingJob, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class MergeAdapterRequest(_message.Message):
+    __slots__ = ("adapter", "base_model", "dtype")
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    adapter: _common_pb2.ArtifactRef
+    base_model: str
+    dtype: str
+    def __init__(self, adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., base_model: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
+
+class MergeAdapterResponse(_message.Message):
+    __slots__ = ("merged_model",)
+    MERGED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    merged_model: _common_pb2.ArtifactRef
+    def __init__(self, merged_model: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
+
+class PlanMemoryRequest(_message.Message):
+    __slots__ = ("spec", "device", "device_memory_bytes")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    spec: TrainingJobSpec
+    device: str
+    device_memory_bytes: int
+    def __init__(self, spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., device: _Optional[str] = ..., device_memory_bytes: _Optional[int] = ...) -> None: ...
+
+class MemoryPlan(_message.Message):
+    __slots__ = ("weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes", "total_bytes", "fits", "suggestions")
+    WEIGHTS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GRADIENTS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATIONS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FITS_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTIONS_FIELD_NUMBER: _ClassVar[int]
+    weights_bytes: int
+    gradients_bytes: int
+    optimizer_bytes: int
+    activations_bytes: int
+    total_bytes: int
+    fits: bool
+    suggestions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, weights_bytes: _Optional[int] = ..., gradients_bytes: _Optional[int] = ..., optimizer_bytes: _Optional[int] = ..., activations_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., fits: _Optional[bool] = ..., suggestions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SweepAxis(_message.Message):
+    __slots__ = ("parameter", "values")
+    PARAMETER_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    parameter: str
+    values: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Value]
+    def __init__(self, parameter: _Optional[str] = ..., values: _Optional[_Iterable[_Union[_struct_pb2.Value, _Mapping]]] = ...) -> None: ...
+
+class CreateSweepRequest(_message.Message):
+    __slots__ = ("base_spec", "axes", "evaluation", "max_parallel", "idempotency_key")
+    BASE_SPEC_FIELD_NUMBER: _ClassVar[int]
+    AXES_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    base_spec: TrainingJobSpec
+    axes: _containers.RepeatedCompositeFieldContainer[SweepAxis]
+    evaluation: str
+    max_parallel: int
+    idempotency_key: str
+    def __init__(self, base_spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., axes: _Optional[_Iterable[_Union[SweepAxis, _Mapping]]] = ..., evaluation: _Optional[str] = ..., max_parallel: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class Sweep(_message.Message):
+    __slots__ = ("id", "state", "trials")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    state: _common_pb2.JobState
+    trials: _containers.RepeatedCompositeFieldContainer[TrainingJob]
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., trials: _Optional[_Iterable[_Union[TrainingJob, _Mapping]]] = ...) -> None: ...
+
+class GetSweepRequest(_message.Message):
+    __slots__ = ("sweep_id",)
+    SWEEP_ID_FIELD_NUMBER: _ClassVar[int]
+    sweep_id: str
+    def __init__(self, sweep_id: _Optional[str] = ...) -> None: ...
+
+class Model(_message.Message):
+    __slots__ = ("name", "artifact", "architecture", "parameters", "source", "has_chat_template")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    HAS_CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    artifact: _common_pb2.ArtifactRef
+    architecture: str
+    parameters: int
+    source: str
+    has_chat_template: bool
+    def __init__(self, name: _Optional[str] = ..., artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., architecture: _Optional[str] = ..., parameters: _Optional[int] = ..., source: _Optional[str] = ..., has_chat_template: _Optional[bool] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[Model]
+    def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
+
+class RegisterModelRequest(_message.Message):
+    __slots__ = ("name", "path")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""Tunesmith Python SDK."""

@@ -1,0 +1,1 @@
+"""Shared pieces every service uses."""
