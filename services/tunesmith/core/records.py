@@ -1,0 +1,58 @@
+"""Proto messages stored as JSON records in shared storage (datasets, jobs, evaluations)."""
+from __future__ import annotations
+
+from typing import TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from tunesmith.core.errors import NotFound
+from tunesmith.core.storage import Artifact, validate_key
+
+M = TypeVar("M", bound=Message)
+
+
+def to_dict(msg: Message) -> dict:
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+
+
+def from_dict(d: dict, cls: type[M]) -> M:
+    return json_format.ParseDict(d, cls(), ignore_unknown_fields=True)
+
+
+class RecordStore:
+    """Records of one collection at records/<collection>/<id>.json, each written atomically."""
+
+    def __init__(self, storage, collection: str, cls: type[M], *, noun: str):
+        self.storage, self.collection, self.cls, self.noun = storage, validate_key(collection), cls, noun
+
+    def _key(self, record_id: str) -> str:
+        return f"records/{self.collection}/{validate_key(record_id)}.json"
+
+    def put(self, record_id: str, msg: Message) -> None:
+        self.storage.write_json(self._key(record_id), to_dict(msg))
+
+    def get(self, record_id: str, *, field: str = "id"):
+        if not record_id or "/" in record_id or not self.storage.exists(self._key(record_id)):
+            raise NotFound(f"no {self.noun} with id {record_id!r}", field=field)
+        return from_dict(self.storage.read_json(self._key(record_id)), self.cls)
+
+    def exists(self, record_id: str) -> bool:
+        return bool(record_id) and "/" not in record_id and self.storage.exists(self._key(record_id))
+
+    def list(self) -> list:
+        return [from_dict(self.storage.read_json(k), self.cls)
+                for k in self.storage.list(f"records/{self.collection}") if k.endswith(".json")]
+
+    def delete(self, record_id: str) -> None:
+        self.storage.delete(self._key(record_id))
+
+
+def artifact_ref(a: Artifact):
+    from tunesmith.api.common.v1 import common_pb2
+
+    return common_pb2.ArtifactRef(uri=a.uri, sha256=a.sha256, kind=a.kind, size_bytes=a.size_bytes)
+
+
+def artifact_from_ref(ref) -> Artifact:
+    return Artifact(ref.uri, ref.sha256, ref.kind, ref.size_bytes)
