@@ -69,3 +69,9 @@ class DataValidationError(InvalidArgument):
     def __init__(self, message: str, *, report: dict | None = None, field: str | None = None):
         super().__init__(message, field=field)
         self.report = report or {}
+
+
+class Unimplemented(TunesmithError):
+    """A v1 RPC whose behaviour has not been built yet (maps to UNIMPLEMENTED)."""
+
+    code = "unimplemented"

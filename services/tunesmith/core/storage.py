@@ -293,11 +293,13 @@ class LocalStorage:
         return removed
 
 
-def open_storage(root: str | None = None) -> LocalStorage:
-    """Open shared storage at `root` (default TUNESMITH_HOME), choosing the backend by scheme."""
+def open_storage(root: str | None = None, registry=None) -> LocalStorage:
+    """Open shared storage at `root` (default TUNESMITH_HOME), choosing the backend by scheme
+    among the registered storage-backend plugins (of `registry`, default the process-wide one)."""
     root = root or default_root()
     scheme = urlparse(root).scheme if "://" in root else "file"
-    from tunesmith.core.plugins import get_registry
+    if registry is None:
+        from tunesmith.core.plugins import get_registry
 
-    factory = get_registry().get("storage_backends", scheme)
-    return factory(root)
+        registry = get_registry()
+    return registry.get("storage_backends", scheme)(root)

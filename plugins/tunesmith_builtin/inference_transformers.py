@@ -1,0 +1,473 @@
+"""Built-in inference backend "transformers": batched `generate` with left padding, any device.
+
+Also holds the small helpers both built-in backends share (prompt rendering, stop strings,
+sampling checks, the TextStream handle); inference_vllm imports them from here.
+
+Nothing heavy (torch, transformers, peft) is imported at module import.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import queue
+import threading
+from typing import Any, Callable, Iterator, Sequence
+
+from tunesmith.core.contracts import Generation, PromptInput, Sampling
+from tunesmith.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from tunesmith.core.plugins import hookimpl
+
+DEFAULT_MAX_BATCH = 32
+_DTYPES = {
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+}
+
+
+# --- helpers shared with inference_vllm ---------------------------------------------------
+def normalize_dtype(dtype: str) -> str:
+    """'' -> '' (backend default); 'bf16' -> 'bfloat16', ...; 'auto' -> 'auto'; else InvalidArgument."""
+    key = (dtype or "").strip().lower()
+    if key in ("", "auto"):
+        return key
+    if key.startswith("torch."):
+        key = key[len("torch."):]
+    if key not in _DTYPES:
+        raise InvalidArgument(f"unknown dtype {dtype!r} (use float32, bfloat16, float16 or auto)", field="dtype")
+    return _DTYPES[key]
+
+
+def check_sampling(sampling: Sampling) -> None:
+    """Reject sampling settings no engine can honour (InvalidArgument naming the field)."""
+    if sampling.max_new_tokens < 1:
+        raise InvalidArgument("must be at least 1", field="max_new_tokens")
+    if sampling.temperature < 0:
+        raise InvalidArgument("must be >= 0 (0 = greedy)", field="temperature")
+    if not 0 < sampling.top_p <= 1:
+        raise InvalidArgument("must be in (0, 1]", field="top_p")
+    if sampling.top_k < 0:
+        raise InvalidArgument("must be >= 0 (0 = off)", field="top_k")
+    if sampling.repetition_penalty <= 0:
+        raise InvalidArgument("must be > 0 (1 = off)", field="repetition_penalty")
+    if any(not isinstance(s, str) or s == "" for s in sampling.stop):
+        raise InvalidArgument("stop strings must be non-empty strings", field="stop")
+
+
+def render_prompt(tokenizer: Any, prompt: PromptInput) -> list[int]:
+    """Token ids for one prompt.
+
+    A str is a completion prompt, tokenized as is (the tokenizer's own special tokens, e.g. BOS,
+    are added). A list of {"role", "content"} dicts is a chat, rendered with the tokenizer's chat
+    template and add_generation_prompt=True; the template supplies any special tokens itself.
+    """
+    if isinstance(prompt, str):
+        return list(tokenizer(prompt).input_ids)
+    if not isinstance(prompt, (list, tuple)) or not prompt:
+        raise InvalidArgument("a prompt is a string or a non-empty list of {role, content} messages", field="prompt")
+    for i, msg in enumerate(prompt):
+        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str) or not isinstance(msg.get("content"), str):
+            raise InvalidArgument(f"message {i} needs string 'role' and 'content'", field="prompt")
+    if not getattr(tokenizer, "chat_template", None):
+        raise FailedPrecondition("this model's tokenizer has no chat template; send a plain text prompt", field="prompt")
+    text = tokenizer.apply_chat_template(
+        [{"role": m["role"], "content": m["content"]} for m in prompt],
+        tokenize=False, add_generation_prompt=True,
+    )
+    return list(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """(text cut before the earliest stop string, whether one was found)."""
+    best = -1
+    for s in stops:
+        i = text.find(s)
+        if i >= 0 and (best < 0 or i < best):
+            best = i
+    return (text, False) if best < 0 else (text[:best], True)
+
+
+def load_tokenizer(model_path: str) -> Any:
+    """The folder's tokenizer, left-padding, with a pad token (eos when it has none)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise FailedPrecondition(f"tokenizer in {model_path} has neither a pad nor an eos token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+class TextStream:
+    """The iterator stream() returns: yields text deltas; close() (or breaking out of a for
+    loop and dropping it) cancels generation. Once exhausted, `generation` holds the whole
+    result (text, token counts, finish_reason) for usage reporting; it is None before that.
+    """
+
+    def __init__(self, gen_factory: Callable[["TextStream"], Iterator[str]]):
+        self.generation: Generation | None = None
+        self._gen = gen_factory(self)
+
+    def __iter__(self) -> "TextStream":
+        return self
+
+    def __next__(self) -> str:
+        return next(self._gen)
+
+    def close(self) -> None:
+        self._gen.close()
+
+    def __enter__(self) -> "TextStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self._gen.close()
+        except Exception:
+            pass
+
+
+class StopScanner:
+    """Turns a stream of text deltas into deltas that end before the first stop string.
+
+    Holds back the shortest tail that could still be the start of a stop string.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.emitted = 0  # characters of `text` already handed out
+        self.text = ""
+        self.stopped = False
+
+    def feed(self, delta: str) -> str:
+        """Add a delta; return the text now safe to hand out ('' when nothing is)."""
+        if self.stopped:
+            return ""
+        self.text += delta
+        if not self.stops:
+            out = self.text[self.emitted:]
+            self.emitted = len(self.text)
+            return out
+        cut, found = cut_at_stop(self.text, self.stops)
+        if found:
+            self.stopped = True
+            self.text = cut
+            out = cut[self.emitted:]
+            self.emitted = len(cut)
+            return out
+        safe = max(self.emitted, len(self.text) - self.hold)
+        out = self.text[self.emitted:safe]
+        self.emitted = safe
+        return out
+
+    def flush(self) -> str:
+        out = self.text[self.emitted:]
+        self.emitted = len(self.text)
+        return out
+
+
+# --- the transformers backend ---------------------------------------------------------------
+class TransformersModel:
+    """A causal LM loaded with transformers. One lock serialises all use of the model."""
+
+    backend = "transformers"
+
+    def __init__(self, model_path: str, *, dtype: str = "", max_model_len: int = 0,
+                 enable_adapters: bool = False, max_batch_size: int = DEFAULT_MAX_BATCH):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.model_path = model_path
+        self.max_batch_size = max(1, int(max_batch_size))
+        self.enable_adapters = enable_adapters
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cpu":
+            torch.set_num_threads(os.cpu_count() or 1)
+        name = normalize_dtype(dtype)
+        if name in ("", "auto"):
+            if self.device == "cpu":
+                name = "float32"
+            else:
+                name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        self.dtype = name
+        if not os.path.isdir(model_path):
+            raise NotFound(f"model folder {model_path!r} does not exist", field="model_path")
+        self.tokenizer = load_tokenizer(model_path)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, name))
+        self.model = model.to(self.device).eval()
+        cfg = self.model.config
+        self.max_model_len = int(max_model_len) or int(getattr(cfg, "max_position_embeddings", 0) or 2048)
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []))
+        if self.tokenizer.eos_token_id is not None:
+            eos_ids.add(self.tokenizer.eos_token_id)
+        self.eos_ids = sorted(eos_ids)
+        self.pad_id = self.tokenizer.pad_token_id
+        self._lock = threading.RLock()
+        self._adapters: dict[str, str] = {}  # name -> folder
+        self._closed = False
+
+    # -- adapters ------------------------------------------------------------------------------
+    def load_adapter(self, name: str, adapter_dir: str) -> None:
+        """Load a peft adapter folder under `name` (a second load of a name replaces it)."""
+        if not self.enable_adapters:
+            raise FailedPrecondition("this model was loaded without enable_adapters; reload it with adapters enabled")
+        if not name:
+            raise InvalidArgument("an adapter needs a name", field="adapter")
+        if importlib.util.find_spec("peft") is None:
+            raise FailedPrecondition("adapters need the peft package (pip install peft)")
+        if not os.path.isfile(os.path.join(adapter_dir, "adapter_config.json")):
+            raise NotFound(f"no adapter_config.json in {adapter_dir!r}", field="adapter_dir")
+        from peft import PeftModel
+
+        with self._lock:
+            self._check_open()
+            if name in self._adapters:
+                self._delete_adapter(name)
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(adapter_dir, adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, adapter_dir, adapter_name=name).eval()
+            self._adapters[name] = adapter_dir
+
+    def unload_adapter(self, name: str) -> None:
+        with self._lock:
+            if name not in self._adapters:
+                raise NotFound(f"no adapter named {name!r} is loaded", field="adapter")
+            self._delete_adapter(name)
+
+    def adapters(self) -> list[str]:
+        return sorted(self._adapters)
+
+    def _delete_adapter(self, name: str) -> None:
+        self.model.delete_adapter(name)
+        del self._adapters[name]
+
+    def _adapter_context(self, adapter: str | None):
+        """Context that runs the model with `adapter` active, or the bare base when None."""
+        import contextlib
+
+        if adapter:
+            if adapter not in self._adapters:
+                known = ", ".join(sorted(self._adapters)) or "none"
+                raise NotFound(f"no adapter named {adapter!r} is loaded (loaded: {known})", field="adapter")
+            self.model.set_adapter(adapter)
+            return contextlib.nullcontext()
+        if self._adapters:  # a PeftModel: run the base weights
+            return self.model.disable_adapter()
+        return contextlib.nullcontext()
+
+    # -- generation ----------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FailedPrecondition("the model has been closed")
+
+    def _encode(self, prompt: PromptInput, sampling: Sampling) -> tuple[list[int], int]:
+        """(prompt ids, max new tokens allowed by max_model_len)."""
+        ids = render_prompt(self.tokenizer, prompt)
+        if not ids:
+            raise InvalidArgument("the prompt is empty", field="prompt")
+        room = self.max_model_len - len(ids)
+        if room < 1:
+            raise InvalidArgument(
+                f"prompt is {len(ids)} tokens; this model takes at most {self.max_model_len - 1}", field="prompt")
+        return ids, min(sampling.max_new_tokens, room)
+
+    def _gen_kwargs(self, sampling: Sampling, max_new_tokens: int) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "eos_token_id": self.eos_ids or None,
+            "pad_token_id": self.pad_id,
+            "repetition_penalty": sampling.repetition_penalty,
+        }
+        if sampling.temperature > 0:
+            kw.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if sampling.stop:
+            kw.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
+        return kw
+
+    def _seed(self, sampling: Sampling) -> None:
+        if sampling.temperature > 0 and sampling.seed:
+            import torch
+
+            torch.manual_seed(sampling.seed)
+
+    def _finish(self, prompt_len: int, new_ids: list[int], limit: int, stops: Sequence[str]) -> Generation:
+        """Build a Generation from the generated ids of one row (padding removed here)."""
+        n = len(new_ids)
+        eos_at = next((i for i, t in enumerate(new_ids) if t in self.eos_ids), -1)
+        if eos_at >= 0:
+            n = eos_at + 1  # count the eos token, as vLLM does
+        text = self.tokenizer.decode(new_ids[:eos_at if eos_at >= 0 else n], skip_special_tokens=True)
+        text, stopped = cut_at_stop(text, stops)
+        if stopped or eos_at >= 0:
+            reason = "stop"
+        else:
+            reason = "length" if n >= limit else "stop"
+        return Generation(text=text, prompt_tokens=prompt_len, completion_tokens=n, finish_reason=reason)
+
+    def generate(self, prompts: Sequence[PromptInput], sampling: Sampling, *,
+                 adapter: str | None = None) -> list[Generation]:
+        """Generate for all prompts, in batches of max_batch_size (prompts of similar length
+        share a batch), left-padded. Results come back in prompt order."""
+        import torch
+
+        check_sampling(sampling)
+        encoded = [self._encode(p, sampling) for p in prompts]
+        order = sorted(range(len(encoded)), key=lambda i: (encoded[i][1], len(encoded[i][0])))
+        results: list[Generation | None] = [None] * len(encoded)
+        with self._lock:
+            self._check_open()
+            with self._adapter_context(adapter):
+                self._seed(sampling)
+                for start in range(0, len(order), self.max_batch_size):
+                    chunk = order[start:start + self.max_batch_size]
+                    limit = min(encoded[i][1] for i in chunk)  # rows in a chunk share max_new_tokens
+                    batch = self.tokenizer.pad({"input_ids": [encoded[i][0] for i in chunk]},
+                                               padding=True, return_tensors="pt")
+                    width = batch["input_ids"].shape[1]
+                    with torch.inference_mode():
+                        out = self.model.generate(
+                            input_ids=batch["input_ids"].to(self.device),
+                            attention_mask=batch["attention_mask"].to(self.device),
+                            **self._gen_kwargs(sampling, limit),
+                        )
+                    new = out[:, width:].tolist()
+                    for row, i in enumerate(chunk):
+                        results[i] = self._finish(len(encoded[i][0]), new[row], limit, sampling.stop)
+        return results  # type: ignore[return-value]
+
+    def stream(self, prompt: PromptInput, sampling: Sampling, *, adapter: str | None = None) -> TextStream:
+        """Text deltas for one prompt. Closing the stream stops generation within one token."""
+        check_sampling(sampling)
+        ids, limit = self._encode(prompt, sampling)
+        self._check_open()
+        if adapter and adapter not in self._adapters:
+            raise NotFound(f"no adapter named {adapter!r} is loaded", field="adapter")
+        return TextStream(lambda handle: self._stream(handle, ids, limit, sampling, adapter))
+
+    def _stream(self, handle: TextStream, ids: list[int], limit: int, sampling: Sampling,
+                adapter: str | None) -> Iterator[str]:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        cancel = threading.Event()
+        counted: list[int] = []  # generated token ids, collected by the streamer's put()
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        class _Streamer(TextIteratorStreamer):
+            def put(self, value):  # noqa: ANN001
+                if not self.next_tokens_are_prompt:
+                    counted.extend(value.reshape(-1).tolist())
+                super().put(value)
+
+        streamer = _Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        errors: queue.SimpleQueue = queue.SimpleQueue()
+
+        def work() -> None:
+            try:
+                with self._lock:
+                    self._check_open()
+                    with self._adapter_context(adapter), torch.inference_mode():
+                        self._seed(sampling)
+                        self.model.generate(
+                            input_ids=torch.tensor([ids], device=self.device),
+                            attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=self.device),
+                            streamer=streamer,
+                            stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+                            **self._gen_kwargs(sampling, limit),
+                        )
+            except BaseException as exc:  # hand it to the consumer
+                errors.put(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=work, name="tunesmith-transformers-stream", daemon=True)
+        scanner = StopScanner(sampling.stop)
+        finished = drained = False
+        thread.start()
+        try:
+            for delta in streamer:
+                out = scanner.feed(delta)
+                if out:
+                    yield out
+                if scanner.stopped:
+                    cancel.set()
+                    break
+            else:
+                drained = True
+            if not errors.empty():
+                raise errors.get()
+            out = scanner.flush()
+            if out:
+                yield out
+            finished = True
+        finally:
+            cancel.set()
+            if not drained:  # left early: the worker sees the flag, stops and ends the streamer
+                for _ in streamer:
+                    pass
+            thread.join()
+            if finished:
+                handle.generation = self._finish(len(ids), counted, limit, [])
+                handle.generation.text = scanner.text
+                if scanner.stopped:
+                    handle.generation.finish_reason = "stop"
+
+    def close(self) -> None:
+        """Drop the model and free its memory (waits for running generations)."""
+        import gc
+
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self.model = None
+            self._adapters.clear()
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:
+            pass
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "device": self.device, "dtype": self.dtype,
+                "max_model_len": self.max_model_len, "max_batch_size": self.max_batch_size,
+                "adapters": self.adapters()}
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, max_batch_size: int | None = None):
+        env = os.environ.get("TUNESMITH_TRANSFORMERS_MAX_BATCH", "")
+        self.max_batch_size = max_batch_size or (int(env) if env.isdigit() and int(env) > 0 else DEFAULT_MAX_BATCH)
+
+    def available(self) -> tuple[bool, str]:
+        for mod in ("torch", "transformers"):
+            if importlib.util.find_spec(mod) is None:
+                return False, f"the {mod} package is not installed (pip install 'tunesmith[train]')"
+        return True, "torch and transformers are installed"
+
+    def load(self, model_path: str, *, dtype: str = "", max_model_len: int = 0,
+             enable_adapters: bool = False) -> TransformersModel:
+        return TransformersModel(model_path, dtype=dtype, max_model_len=max_model_len,
+                                 enable_adapters=enable_adapters, max_batch_size=self.max_batch_size)
+
+
+@hookimpl
+def register_inference_backends(register):
+    register("transformers", TransformersBackend())

@@ -1,0 +1,251 @@
+"""`tunesmith demo`: fine-tune the bundled SmolLM2-135M-Instruct to route BANKING77 messages.
+
+Every step goes through the four gRPC services (started here unless already running):
+register data -> LoRA SFT (live progress) -> evaluate base vs tuned -> serve the merged model
+with the inference service (vLLM where installed) and stream an answer.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+INTENTS = ["card_arrival", "lost_or_stolen_phone", "age_limit", "change_pin", "exchange_rate",
+           "terminate_account", "transfer_timing", "top_up_limits", "country_support", "edit_personal_details"]
+INSTRUCTION = "Route this banking customer message to its intent."
+BASE_MODEL = "smollm2-135m-instruct"
+
+
+def _examples_dir() -> Path:
+    """examples/banking77 in a checkout (the demo data ships with the repo)."""
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "examples" / "banking77"
+        if (candidate / "train.csv").is_file():
+            return candidate
+    raise SystemExit("examples/banking77 not found: run the demo from a Tunesmith checkout")
+
+
+class Console:
+    """Human output on stderr when --json is given, so stdout holds only the JSON object."""
+
+    def __init__(self, as_json: bool):
+        from rich.console import Console as RichConsole
+
+        self.rich = RichConsole(stderr=as_json)
+
+    def step(self, text: str) -> None:
+        self.rich.print(f"[bold cyan]>>[/] {text}")
+
+    def info(self, text: str) -> None:
+        self.rich.print(f"   {text}")
+
+
+def _ensure_services(console: Console, storage: str | None):
+    from tunesmith.cli.servers import LocalCluster, wait_healthy
+    from tunesmith.core.server import DEFAULT_PORTS
+
+    addresses = {s: f"localhost:{p}" for s, p in DEFAULT_PORTS.items()}
+    if all(wait_healthy(a, s, 1.0) for s, a in addresses.items()):
+        console.step("using the services already running on " + ", ".join(addresses.values()))
+        return None, addresses
+    console.step("starting the four services on localhost (data, trainer, evaluator, inference)")
+    cluster = LocalCluster(storage=storage).start(timeout=180)
+    return cluster, cluster.addresses
+
+
+def run_demo(args) -> int:
+    import grpc
+
+    from tunesmith.api.common.v1 import common_pb2
+    from tunesmith.api.data.v1 import data_pb2, data_pb2_grpc
+    from tunesmith.api.evaluator.v1 import evaluator_pb2, evaluator_pb2_grpc
+    from tunesmith.api.inference.v1 import inference_pb2, inference_pb2_grpc
+    from tunesmith.api.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+
+    t0 = time.perf_counter()
+    console = Console(args.json)
+    storage = args.storage or os.environ.get("TUNESMITH_HOME")
+    examples = _examples_dir()
+    cluster, addresses = _ensure_services(console, storage)
+    try:
+        chans = {s: grpc.insecure_channel(a, options=[("grpc.max_receive_message_length", 64 << 20)])
+                 for s, a in addresses.items()}
+        data = data_pb2_grpc.DataServiceStub(chans["data"])
+        trainer = trainer_pb2_grpc.TrainerServiceStub(chans["trainer"])
+        evaluator = evaluator_pb2_grpc.EvaluatorServiceStub(chans["evaluator"])
+        inference = inference_pb2_grpc.InferenceServiceStub(chans["inference"])
+        intents = INTENTS[: args.intents]
+
+        # 1. Data -------------------------------------------------------------------------
+        console.step(f"registering BANKING77 ({len(intents)} intents) with the data service")
+        options = {"instruction": INSTRUCTION}
+        common = dict(schema=data_pb2.SCHEMA_CLASSIFICATION, column_mapping={"input": "text", "output": "category"},
+                      template="classification", label_filter=intents)
+        train_spec = data_pb2.DatasetSpec(name="banking77-train", max_train_rows=args.train_rows,
+                                          max_validation_rows=50,
+                                          split=data_pb2.SplitSpec(validation_fraction=0.1, seed=7, stratify=True),
+                                          **common)
+        train_spec.template_options.update(options)
+        train = data.RegisterDataset(data_pb2.RegisterDatasetRequest(
+            source_uri=str(examples / "train.csv"), spec=train_spec), timeout=300).dataset
+        test_spec = data_pb2.DatasetSpec(name="banking77-test", max_validation_rows=args.eval_rows,
+                                         split=data_pb2.SplitSpec(validation_fraction=1.0, seed=7, stratify=True),
+                                         **common)
+        test_spec.template_options.update(options)
+        test = data.RegisterDataset(data_pb2.RegisterDatasetRequest(
+            source_uri=str(examples / "test.csv"), spec=test_spec), timeout=300).dataset
+        rows = {(d.name, s.name): s.rows for d in (train, test) for s in d.splits}
+        train_rows = rows[("banking77-train", "train")]
+        eval_rows = rows[("banking77-test", "validation")]
+        console.info(f"train {train_rows} rows, validation {rows.get(('banking77-train', 'validation'), 0)} rows, "
+                     f"held-out test {eval_rows} rows  (dataset {train.id}, {test.id})")
+
+        # 2. Train ------------------------------------------------------------------------
+        console.step("LoRA SFT (r=16, all linear layers, completion-only loss) on the trainer service")
+        job = trainer.CreateTrainingJob(trainer_pb2.CreateTrainingJobRequest(spec=trainer_pb2.TrainingJobSpec(
+            base_model=BASE_MODEL, dataset_id=train.id, train_split="train", validation_split="validation",
+            method=trainer_pb2.MethodSpec(name="lora", rank=16, alpha=32, target_modules=["all-linear"]),
+            hyperparameters=trainer_pb2.Hyperparameters(epochs=args.epochs, batch_size=8, learning_rate=5e-4,
+                                                        warmup_ratio=0.05, seed=7, max_seq_length=256),
+            merge=True)), timeout=60)
+        job_id = job.job.id
+        _follow_training(console, trainer, job_id, args.json)
+        job = trainer.GetTrainingJob(common_pb2.GetJobRequest(job_id=job_id), timeout=30)
+        if job.job.state != common_pb2.JOB_STATE_SUCCEEDED:
+            console.rich.print(f"[red]training failed[/]: {job.job.error.code}: {job.job.error.message}")
+            return 1
+        result = job.result
+        console.info(f"trained {result.steps} steps in {result.train_seconds:.0f} s, "
+                     f"{result.tokens_per_second:.0f} tokens/s, loss {result.first_train_loss:.3f} -> "
+                     f"{result.final_train_loss:.3f}")
+
+        # 3. Evaluate ---------------------------------------------------------------------
+        console.step(f"evaluating base vs tuned on {eval_rows} held-out rows (exact match, batched)")
+        ev = evaluator.CreateEvaluation(evaluator_pb2.CreateEvaluationRequest(spec=evaluator_pb2.EvaluationSpec(
+            dataset_id=test.id, split="validation", benchmarks=["exact_match"], baseline="base",
+            models=[evaluator_pb2.ModelUnderTest(label="base", model=BASE_MODEL),
+                    evaluator_pb2.ModelUnderTest(label="tuned", model=result.merged_model.uri)],
+            generation=evaluator_pb2.GenerationConfig(max_new_tokens=12, batch_size=50, stop=["\n"]),
+            keep_samples=eval_rows)), timeout=60)
+        _follow_evaluation(console, evaluator, ev.job.id, args.json)
+        ev = evaluator.GetEvaluation(common_pb2.GetJobRequest(job_id=ev.job.id), timeout=30)
+        if ev.job.state != common_pb2.JOB_STATE_SUCCEEDED:
+            console.rich.print(f"[red]evaluation failed[/]: {ev.job.error.message}")
+            return 1
+        acc = {s.label: next(m.value for m in s.metrics if m.metric == "exact_match") for s in ev.report.scores}
+        ci = {s.label: next((m.ci_low, m.ci_high) for m in s.metrics if m.metric == "exact_match") for s in ev.report.scores}
+
+        # 4. Serve ------------------------------------------------------------------------
+        served_info = {}
+        if not args.no_serve:
+            console.step("serving the merged model with the inference service")
+            served = inference.LoadModel(inference_pb2.LoadModelRequest(
+                name="banking77-router", model=result.merged_model.uri), timeout=600)
+            console.info(f"backend: {served.backend} ({served.backend_reason})")
+            sample = ev.report.samples[0]
+            text = ""
+            for chunk in inference.GenerateStream(inference_pb2.GenerateRequest(
+                    model="banking77-router", prompts=[inference_pb2.Prompt(text=sample.prompt)],
+                    sampling=inference_pb2.SamplingParams(max_new_tokens=12, stop=["\n"])), timeout=300):
+                text += chunk.delta
+            console.info(f"streamed answer for {sample.prompt.splitlines()[1]!r}: {text.strip()!r}")
+            served_info = {"backend": served.backend, "backend_reason": served.backend_reason,
+                           "streamed_answer": text.strip()}
+            inference.UnloadModel(inference_pb2.UnloadModelRequest(name="banking77-router"), timeout=120)
+
+        total = time.perf_counter() - t0
+        samples = [{"message": s.prompt.split("Message: ", 1)[-1].rsplit("\nIntent:", 1)[0], "expected": s.reference,
+                    "base": s.outputs["base"].strip(), "tuned": s.outputs["tuned"].strip()}
+                   for s in _pick_samples(ev.report.samples)]
+        summary = {
+            "base_accuracy": acc.get("base", 0.0), "tuned_accuracy": acc.get("tuned", 0.0),
+            "base_accuracy_ci95": list(ci.get("base", (0, 0))), "tuned_accuracy_ci95": list(ci.get("tuned", (0, 0))),
+            "p_value": next((c.p_value for c in ev.report.comparisons), 1.0),
+            "train_rows": train_rows, "eval_rows": eval_rows, "intents": intents,
+            "train_seconds": round(result.train_seconds, 1), "train_tokens_per_second": round(result.tokens_per_second, 1),
+            "train_steps": result.steps, "first_train_loss": round(result.first_train_loss, 4),
+            "final_train_loss": round(result.final_train_loss, 4),
+            "best_validation_loss": round(result.best_validation_loss, 4),
+            "total_seconds": round(total, 1), "training_job_id": job_id, "evaluation_id": ev.job.id,
+            "artifacts": {"adapter": result.adapter.uri, "merged_model": result.merged_model.uri,
+                          "report": ev.report_artifact.uri},
+            "serving": served_info, "samples": samples,
+        }
+        if args.json:
+            print(json.dumps(summary, indent=2))
+        else:
+            _print_summary(console, summary)
+        return 0
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+def _pick_samples(samples, n: int = 5):
+    """Five held-out rows, preferring ones where base and tuned differ (the interesting ones)."""
+    differing = [s for s in samples if s.outputs["base"].strip() != s.outputs["tuned"].strip()]
+    return (differing + [s for s in samples if s not in differing])[:n]
+
+
+def _follow_training(console: Console, trainer, job_id: str, quiet: bool) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tunesmith.api.common.v1 import common_pb2
+
+    with Progress(TextColumn("   training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                  TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+                  TextColumn("ETA {task.fields[eta]}"), console=console.rich, transient=False) as bar:
+        task = bar.add_task("train", total=None, loss="-", tps="-", eta="-")
+        for ev in trainer.StreamTrainingJobEvents(common_pb2.JobEventsRequest(job_id=job_id, follow=True)):
+            kind = ev.WhichOneof("payload")
+            if kind == "progress" and ev.progress.phase == "train":
+                p = ev.progress
+                bar.update(task, total=p.total_steps or None, completed=p.step, loss=f"{p.loss:.3f}",
+                           tps=f"{p.tokens_per_second:.0f}", eta=f"{p.eta_seconds:.0f}s")
+            elif kind == "state_change":
+                state = common_pb2.JobState.Name(ev.state_change.state).removeprefix("JOB_STATE_").lower()
+                bar.console.print(f"   job {job_id}: {state}" +
+                                  (f" ({ev.state_change.error.message})" if ev.state_change.error.message else ""))
+            elif kind == "metrics" and ev.metrics.name == "validation":
+                bar.console.print(f"   validation loss {ev.metrics.values.get('loss', 0):.4f}")
+
+
+def _follow_evaluation(console: Console, evaluator, eval_id: str, quiet: bool) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from tunesmith.api.common.v1 import common_pb2
+
+    with Progress(TextColumn("   {task.fields[phase]}"), BarColumn(), TextColumn("{task.completed}/{task.total} rows"),
+                  console=console.rich) as bar:
+        task = bar.add_task("eval", total=None, phase="evaluating")
+        for ev in evaluator.WatchEvaluation(common_pb2.JobEventsRequest(job_id=eval_id, follow=True)):
+            if ev.WhichOneof("payload") == "progress":
+                p = ev.progress
+                bar.update(task, total=p.total_steps, completed=p.step, phase=p.phase)
+
+
+def _print_summary(console: Console, s: dict) -> None:
+    from rich.table import Table
+
+    r = console.rich
+    r.rule("[bold]Tunesmith demo: BANKING77 routing")
+    r.print(f"base accuracy  [bold]{s['base_accuracy']:.1%}[/]  (95% CI {s['base_accuracy_ci95'][0]:.1%}-{s['base_accuracy_ci95'][1]:.1%})")
+    r.print(f"tuned accuracy [bold green]{s['tuned_accuracy']:.1%}[/]  (95% CI {s['tuned_accuracy_ci95'][0]:.1%}-{s['tuned_accuracy_ci95'][1]:.1%}), "
+            f"McNemar p = {s['p_value']:.2g}")
+    r.print(f"rows: {s['train_rows']} training, {s['eval_rows']} held-out; {len(s['intents'])} intents")
+    r.print(f"training: {s['train_seconds']:.0f} s, {s['train_tokens_per_second']:.0f} tokens/s, "
+            f"{s['train_steps']} steps, loss {s['first_train_loss']:.3f} -> {s['final_train_loss']:.3f}")
+    if s["serving"]:
+        r.print(f"served by: {s['serving']['backend']} ({s['serving']['backend_reason']})")
+    table = Table(title="five held-out messages")
+    for col in ("message", "expected", "base", "tuned"):
+        table.add_column(col, overflow="fold")
+    for row in s["samples"]:
+        table.add_row(row["message"], row["expected"], row["base"] or "(empty)", row["tuned"])
+    r.print(table)
+    r.print("artifacts:")
+    for name, uri in s["artifacts"].items():
+        r.print(f"  {name:<13} {uri}")
+    r.print(f"total time: {s['total_seconds']:.0f} s")
+

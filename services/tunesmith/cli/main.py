@@ -1,0 +1,149 @@
+"""The `tunesmith` command. Heavy libraries are imported only by the subcommands that need them."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+
+from tunesmith.core.server import DEFAULT_PORTS, SERVICE_NAMES
+
+
+def cmd_serve(args) -> int:
+    from tunesmith.cli.servers import start_service
+    from tunesmith.core import logs
+    from tunesmith.core.runtime import Runtime
+    from tunesmith.core.server import serve_forever
+
+    logs.configure(args.service)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    runtime = Runtime.create(args.storage)
+    running = start_service(args.service, runtime, port=args.port, host=args.host, grace=args.grace)
+    print(f"{args.service} listening on {args.host}:{running.port}", file=sys.stderr, flush=True)
+    serve_forever(running)
+    return 0
+
+
+def cmd_up(args) -> int:
+    from tunesmith.cli.servers import LocalCluster
+
+    ports = {s: args.base_port + i for i, s in enumerate(SERVICE_NAMES)} if args.base_port else None
+    cluster = LocalCluster(ports=ports, storage=args.storage).start()
+    for service, address in cluster.addresses.items():
+        print(f"{service:<10} {address}   ({SERVICE_NAMES[service]})", flush=True)
+    print("all four services are SERVING; Ctrl-C stops them", flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    try:
+        while not done.wait(1.0):
+            dead = [s for s, p in cluster.procs.items() if p.poll() is not None]
+            if dead:
+                print(f"service(s) exited: {', '.join(dead)}; stopping", file=sys.stderr)
+                return 1
+    finally:
+        cluster.stop()
+    return 0
+
+
+def cmd_status(args) -> int:
+    from tunesmith.client import connect  # noqa: F401 - SDK import, no torch
+    import grpc
+    from google.protobuf import json_format
+
+    from tunesmith.api.common.v1 import common_pb2
+    from tunesmith.api.data.v1 import data_pb2_grpc
+    from tunesmith.api.evaluator.v1 import evaluator_pb2_grpc
+    from tunesmith.api.inference.v1 import inference_pb2_grpc
+    from tunesmith.api.trainer.v1 import trainer_pb2_grpc
+
+    stubs = {"data": data_pb2_grpc.DataServiceStub, "trainer": trainer_pb2_grpc.TrainerServiceStub,
+             "evaluator": evaluator_pb2_grpc.EvaluatorServiceStub, "inference": inference_pb2_grpc.InferenceServiceStub}
+    out = {}
+    for service in ([args.service] if args.service else SERVICE_NAMES):
+        address = f"{args.host}:{DEFAULT_PORTS[service]}"
+        with grpc.insecure_channel(address) as ch:
+            try:
+                st = stubs[service](ch).GetStatus(common_pb2.GetStatusRequest(), timeout=10)
+                out[service] = json_format.MessageToDict(st, preserving_proto_field_name=True)
+            except grpc.RpcError as exc:
+                out[service] = {"error": f"{exc.code().name}: {exc.details()}", "address": address}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from tunesmith.core.runtime import Runtime
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    rt = Runtime.create(args.storage)
+    if args.action == "import-bundled":
+        entry = rt.models.ensure_bundled()
+        print(f"{entry.name}: {rt.models.local_path(entry.name)}")
+    elif args.action == "register":
+        entry = rt.models.register(args.name, args.path)
+        print(f"{entry.name}: {entry.artifact.uri}")
+    else:
+        for entry in rt.models.list():
+            print(f"{entry.name:<28} {entry.architecture:<24} {entry.parameters:>12,}  {entry.source}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from tunesmith.cli.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune, evaluate and serve LLMs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run one service (the way Kubernetes runs it)")
+    s.add_argument("service", choices=list(SERVICE_NAMES))
+    s.add_argument("--port", type=int, default=None, help="default: the service's standard port")
+    s.add_argument("--host", default="[::]")
+    s.add_argument("--storage", default=None, help="storage root (default $TUNESMITH_HOME or ~/.tunesmith)")
+    s.add_argument("--grace", type=float, default=10.0, help="seconds to finish in-flight calls on SIGTERM")
+    s.set_defaults(func=cmd_serve)
+
+    u = sub.add_parser("up", help="run all four services on localhost")
+    u.add_argument("--storage", default=None)
+    u.add_argument("--base-port", type=int, default=0, help="ports base..base+3 (default 50051-50054)")
+    u.set_defaults(func=cmd_up)
+
+    st = sub.add_parser("status", help="show each service's status and plugins")
+    st.add_argument("service", nargs="?", choices=list(SERVICE_NAMES))
+    st.add_argument("--host", default="localhost")
+    st.set_defaults(func=cmd_status)
+
+    m = sub.add_parser("models", help="the model store")
+    m.add_argument("action", choices=["list", "import-bundled", "register"], nargs="?", default="list")
+    m.add_argument("--name")
+    m.add_argument("--path")
+    m.add_argument("--storage", default=None)
+    m.set_defaults(func=cmd_models)
+
+    d = sub.add_parser("demo", help="fine-tune the bundled model on BANKING77 routing, end to end")
+    d.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    d.add_argument("--storage", default=None)
+    d.add_argument("--intents", type=int, default=10)
+    d.add_argument("--train-rows", type=int, default=500)
+    d.add_argument("--eval-rows", type=int, default=200)
+    d.add_argument("--epochs", type=int, default=2)
+    d.add_argument("--no-serve", action="store_true", help="skip serving the tuned model")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "port", "unset") is None:
+        args.port = DEFAULT_PORTS[args.service]
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Start the four services: one per process (`tunesmith serve`) or all on localhost (`tunesmith up`)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Callable
+
+from tunesmith.core.server import DEFAULT_PORTS, SERVICE_NAMES, RunningServer, start_server
+
+SERVICES = tuple(SERVICE_NAMES)
+
+
+def build_servicer(service: str, runtime) -> tuple[object, Callable]:
+    """The servicer object and its add-to-server function for a short service name."""
+    if service == "data":
+        from tunesmith.data.service import DataServicer, add_to_server
+
+        return DataServicer(runtime), add_to_server
+    if service == "trainer":
+        from tunesmith.trainer.service import TrainerServicer, add_to_server
+
+        return TrainerServicer(runtime), add_to_server
+    if service == "evaluator":
+        from tunesmith.evaluator.service import EvaluatorServicer, add_to_server
+
+        return EvaluatorServicer(runtime), add_to_server
+    if service == "inference":
+        from tunesmith.inference.service import InferenceServicer, add_to_server
+
+        return InferenceServicer(runtime), add_to_server
+    raise ValueError(f"unknown service {service!r}; choose from {', '.join(SERVICES)}")
+
+
+def start_service(service: str, runtime, *, port: int = 0, host: str = "[::]", grace: float = 10.0) -> RunningServer:
+    """Start one service in this process (tests use this with port 0)."""
+    servicer, add = build_servicer(service, runtime)
+    return start_server(service, servicer, add, port=port, host=host, grace=grace,
+                        on_stop=getattr(servicer, "close", None))
+
+
+def wait_healthy(address: str, service: str, timeout: float) -> bool:
+    """True once the gRPC health check of `service` at `address` says SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                resp = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAMES[service]), timeout=1.0)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    return False
+
+
+class LocalCluster:
+    """The four services as child processes on localhost (the embedded default)."""
+
+    def __init__(self, *, ports: dict[str, int] | None = None, storage: str | None = None, log_dir: str | None = None):
+        self.ports = dict(ports or DEFAULT_PORTS)
+        self.storage = storage
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return {s: f"localhost:{p}" for s, p in self.ports.items()}
+
+    def start(self, timeout: float = 120.0) -> "LocalCluster":
+        env = dict(os.environ)
+        if self.storage:
+            env["TUNESMITH_HOME"] = self.storage
+        for service, port in self.ports.items():
+            out = open(os.path.join(self.log_dir, f"{service}.log"), "ab") if self.log_dir else subprocess.DEVNULL
+            self.procs[service] = subprocess.Popen(
+                [sys.executable, "-m", "tunesmith.cli.main", "serve", service, "--port", str(port)],
+                env=env, stdout=out, stderr=out if self.log_dir else None)
+        for service in self.ports:
+            if not wait_healthy(self.addresses[service], service, timeout):
+                code = self.procs[service].poll()
+                self.stop()
+                raise RuntimeError(f"the {service} service did not become healthy on port {self.ports[service]}"
+                                   + (f" (exited with code {code})" if code is not None else ""))
+        return self
+
+    def stop(self, grace: float = 15.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.procs.clear()
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,259 @@
+"""DataService: register files as prepared, validated, split datasets in shared storage.
+
+A dataset is stored only when every row validates: the prepared splits (JSONL) become one
+immutable artifact, the source file another, and the dataset record is written last, so a
+rejected or interrupted upload leaves nothing behind that anyone can see.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import uuid
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import unquote, urlparse
+
+from google.protobuf import json_format
+
+from tunesmith.api.common.v1 import common_pb2
+from tunesmith.api.data.v1 import data_pb2, data_pb2_grpc
+from tunesmith.core.errors import InvalidArgument, NotFound, Unimplemented
+from tunesmith.core.records import artifact_ref
+from tunesmith.core.runtime import Runtime
+from tunesmith.core.status import service_status
+
+log = logging.getLogger("tunesmith.data")
+
+FORMATS = {data_pb2.FILE_FORMAT_CSV: "csv", data_pb2.FILE_FORMAT_JSONL: "jsonl",
+           data_pb2.FILE_FORMAT_JSON: "json", data_pb2.FILE_FORMAT_PARQUET: "parquet"}
+SCHEMAS = {data_pb2.SCHEMA_UNSPECIFIED: "classification", data_pb2.SCHEMA_CLASSIFICATION: "classification",
+           data_pb2.SCHEMA_ALPACA: "alpaca", data_pb2.SCHEMA_CHAT: "chat",
+           data_pb2.SCHEMA_PROMPT_COMPLETION: "prompt_completion", data_pb2.SCHEMA_TEXT: "text",
+           data_pb2.SCHEMA_PREFERENCE: "preference"}
+MAX_UPLOAD_BYTES = 2 * 1024 ** 3
+TOKENIZER_TEMPLATES = {"chat"}
+
+
+def prepare_spec(spec: data_pb2.DatasetSpec):
+    """The proto DatasetSpec as the preparation pipeline's PrepareSpec."""
+    from tunesmith.data.prepare import PrepareSpec
+
+    template = spec.template or ("classification" if SCHEMAS[spec.schema] == "classification" else "plain")
+    return PrepareSpec(
+        schema=SCHEMAS[spec.schema],
+        column_mapping=dict(spec.column_mapping),
+        template=template,
+        template_options=json_format.MessageToDict(spec.template_options),
+        validation_fraction=spec.split.validation_fraction,
+        validation_rows=spec.split.validation_rows,
+        seed=spec.split.seed,
+        stratify=spec.split.stratify,
+        label_filter=list(spec.label_filter),
+        max_train_rows=spec.max_train_rows,
+        max_validation_rows=spec.max_validation_rows,
+        deduplicate=spec.deduplicate,
+        max_seq_length=spec.max_seq_length,
+        nested_subset_sizes=list(spec.nested_subset_sizes),
+    )
+
+
+def _length_stats(d: dict | None) -> data_pb2.LengthStatistics:
+    d = d or {}
+    return data_pb2.LengthStatistics(**{k: d[k] for k in ("min", "max", "mean", "p50", "p95", "p99") if k in d})
+
+
+def statistics_proto(stats: dict, tokenizer_model: str) -> data_pb2.DatasetStatistics:
+    out = data_pb2.DatasetStatistics(tokenizer_model=tokenizer_model)
+    for split, s in (stats or {}).items():
+        out.splits.add(split=split, rows=s.get("rows", 0), prompt_tokens=_length_stats(s.get("prompt_tokens")),
+                       completion_tokens=_length_stats(s.get("completion_tokens")),
+                       total_tokens=_length_stats(s.get("total_tokens")),
+                       truncated_rows=s.get("truncated_rows", 0), label_counts=s.get("label_counts", {}))
+    return out
+
+
+def report_proto(report: dict) -> data_pb2.ValidationReport:
+    r = data_pb2.ValidationReport(
+        source=report.get("source", ""), rows_read=report.get("rows_read", 0),
+        rows_accepted=report.get("rows_accepted", 0), rows_rejected=report.get("rows_rejected", 0),
+        rows_filtered=report.get("rows_filtered", 0), rows_deduplicated=report.get("rows_deduplicated", 0),
+        counts_by_code=report.get("counts_by_code", {}))
+    for issue in report.get("issues", []):
+        r.issues.add(row=issue.get("row", 0), field=issue.get("field", ""), code=issue.get("code", ""),
+                     message=issue.get("message", ""))
+    return r
+
+
+def example_proto(ex: dict) -> data_pb2.Example:
+    out = data_pb2.Example(source_row=ex.get("source_row", 0), prompt=ex.get("prompt", ""),
+                           completion=ex.get("completion", ""), rejected=ex.get("rejected", "") or "",
+                           label=ex.get("label", "") or "")
+    fields = {k: v for k, v in (ex.get("fields") or {}).items() if v is not None}
+    if fields:
+        out.fields.update(fields)
+    return out
+
+
+class DataServicer(data_pb2_grpc.DataServiceServicer):
+    def __init__(self, runtime: Runtime):
+        self.rt = runtime
+        self._tokenizers: dict[str, object] = {}
+        self._tok_lock = threading.Lock()
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _tokenizer(self, model: str):
+        with self._tok_lock:
+            if model not in self._tokenizers:
+                from transformers import AutoTokenizer
+
+                self._tokenizers[model] = AutoTokenizer.from_pretrained(self.rt.models.local_path(model))
+            return self._tokenizers[model]
+
+    def _register(self, source: Path, filename: str, spec: data_pb2.DatasetSpec) -> data_pb2.RegisterDatasetResponse:
+        from tunesmith.data.prepare import prepare, write_prepared
+        from tunesmith.data.readers import read_rows
+
+        pspec = prepare_spec(spec)
+        templates = self.rt.registry.all("templates")
+        if pspec.template not in templates:
+            self.rt.registry.get("templates", pspec.template)  # NotFound listing the known ones
+        tokenizer_model = spec.tokenizer_model
+        if not tokenizer_model and (pspec.template in TOKENIZER_TEMPLATES or spec.max_seq_length):
+            from tunesmith.core.models import BUNDLED_NAME
+
+            tokenizer_model = BUNDLED_NAME
+        tokenizer = self._tokenizer(tokenizer_model) if tokenizer_model else None
+        fmt = FORMATS.get(spec.format)
+        rows = read_rows(source, fmt, display_name=filename)
+        prepared = prepare(rows, pspec, source=filename, templates=templates, tokenizer=tokenizer)
+
+        storage = self.rt.storage
+        with storage.staging_dir() as tmp:
+            folder = tmp / "prepared"
+            write_prepared(prepared, folder)
+            source_art = storage.put_artifact("dataset-source", source)
+            art = storage.put_artifact("dataset", folder, move=True)
+        ds = data_pb2.Dataset(id=f"ds-{uuid.uuid4().hex[:12]}", name=spec.name or Path(filename).stem, spec=spec,
+                              artifact=artifact_ref(art), source=artifact_ref(source_art),
+                              labels=prepared.labels,
+                              statistics=statistics_proto(prepared.statistics, tokenizer_model))
+        ds.created_at.GetCurrentTime()
+        for name, examples in prepared.splits.items():
+            ds.splits.add(name=name, rows=len(examples), artifact=artifact_ref(art))
+        self.rt.datasets.put(ds.id, ds)  # last: the dataset exists only once everything is stored
+        log.info("dataset registered", extra={"dataset_id": ds.id, "source": filename,
+                                               "splits": {s.name: s.rows for s in ds.splits}})
+        return data_pb2.RegisterDatasetResponse(dataset=ds, report=report_proto(prepared.report))
+
+    def _prepared_folder(self, ds: data_pb2.Dataset) -> Path:
+        return self.rt.storage.local_path(ds.artifact.uri)
+
+    # -- RPCs ------------------------------------------------------------------------------
+    def GetStatus(self, request, context):
+        return service_status("data", self.rt.registry, {"storage": self.rt.storage.root_uri})
+
+    def RegisterDataset(self, request, context):
+        uri = request.source_uri
+        if not uri:
+            raise InvalidArgument("source_uri is required (a local path or file:// URI)", field="source_uri")
+        parsed = urlparse(uri)
+        if parsed.scheme not in ("", "file"):
+            raise InvalidArgument(f"unsupported scheme {parsed.scheme!r} in {uri!r}; use a path or file:// URI "
+                                  "(or upload the file with UploadDataset)", field="source_uri")
+        path = Path(unquote(parsed.path) if parsed.scheme == "file" else uri).expanduser()
+        if not path.is_file():
+            raise NotFound(f"no file at {uri!r}", field="source_uri")
+        return self._register(path, path.name, request.spec)
+
+    def UploadDataset(self, request_iterator: Iterator[data_pb2.UploadDatasetRequest], context):
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidArgument("the first UploadDataset message must carry the header", field="header")
+        header = first.header
+        name = Path(header.filename).name
+        if not name:
+            raise InvalidArgument("header.filename is required (it names the format and errors)", field="header.filename")
+        digest, size = hashlib.sha256(), 0
+        with self.rt.storage.staging_dir() as tmp:
+            path = tmp / name
+            with open(path, "wb") as f:
+                for msg in request_iterator:
+                    if msg.WhichOneof("part") != "chunk":
+                        raise InvalidArgument("only the first message may carry a header", field="header")
+                    size += len(msg.chunk)
+                    if size > MAX_UPLOAD_BYTES:
+                        raise InvalidArgument(f"upload exceeds {MAX_UPLOAD_BYTES} bytes", field="chunk")
+                    digest.update(msg.chunk)
+                    f.write(msg.chunk)
+            if header.size_bytes and header.size_bytes != size:
+                raise InvalidArgument(f"received {size} bytes but the header announced {header.size_bytes}",
+                                      field="header.size_bytes")
+            if header.sha256 and header.sha256.lower() != digest.hexdigest():
+                raise InvalidArgument("the upload's sha256 does not match header.sha256", field="header.sha256")
+            return self._register(path, name, header.spec)
+
+    def GetDataset(self, request, context):
+        return self.rt.datasets.get(request.dataset_id, field="dataset_id")
+
+    def ListDatasets(self, request, context):
+        items = sorted(self.rt.datasets.list(), key=lambda d: (d.created_at.seconds, d.id), reverse=True)
+        start = int(request.page.page_token) if request.page.page_token.isdigit() else 0
+        size = request.page.page_size or len(items)
+        page = items[start:start + size]
+        nxt = str(start + size) if start + size < len(items) else ""
+        return data_pb2.ListDatasetsResponse(datasets=page, next_page_token=nxt)
+
+    def PreviewDataset(self, request, context):
+        from tunesmith.data.prepare import read_split
+
+        ds = self.rt.datasets.get(request.dataset_id, field="dataset_id")
+        split = request.split or "train"
+        if split not in {s.name for s in ds.splits}:
+            raise NotFound(f"dataset {ds.id} has no split {split!r} (splits: {', '.join(s.name for s in ds.splits)})",
+                           field="split")
+        rows = read_split(self._prepared_folder(ds), split)
+        limit = request.limit or 10
+        chosen = rows[request.offset:request.offset + limit]
+        return data_pb2.PreviewDatasetResponse(examples=[example_proto(r) for r in chosen], total_rows=len(rows))
+
+    def GetDatasetStatistics(self, request, context):
+        return self.rt.datasets.get(request.dataset_id, field="dataset_id").statistics
+
+    def DeleteDataset(self, request, context):
+        self.rt.datasets.get(request.dataset_id, field="dataset_id")
+        # Artifacts stay: they are immutable and jobs may reference them.
+        self.rt.datasets.delete(request.dataset_id)
+        return data_pb2.DeleteDatasetResponse()
+
+    def RenderTemplate(self, request, context):
+        name = request.template or "classification"
+        template = self.rt.registry.get("templates", name)
+        tokenizer = self._tokenizer(request.tokenizer_model) if request.tokenizer_model else None
+        options = json_format.MessageToDict(request.template_options)
+        out = data_pb2.RenderTemplateResponse()
+        for i, row in enumerate(request.rows, start=1):
+            fields = json_format.MessageToDict(row)
+            try:
+                rendered = template.render(fields, options, tokenizer)
+            except (KeyError, ValueError) as exc:
+                raise InvalidArgument(f"row {i}: template {name!r} cannot render it: {exc}", field=f"rows[{i - 1}]")
+            out.examples.add(source_row=i, prompt=rendered.prompt, completion=rendered.completion)
+        return out
+
+    def CreateSyntheticDataJob(self, request, context):
+        raise Unimplemented("synthetic data generation is on the roadmap (data service in depth), not built yet")
+
+    def GetJob(self, request, context):
+        raise NotFound(f"no data job with id {request.job_id!r}", field="job_id")
+
+    def CancelJob(self, request, context):
+        raise NotFound(f"no data job with id {request.job_id!r}", field="job_id")
+
+    def StreamJobEvents(self, request, context):
+        raise NotFound(f"no data job with id {request.job_id!r}", field="job_id")
+        yield common_pb2.JobEvent()  # pragma: no cover - makes this a generator
+
+
+def add_to_server(servicer, server) -> None:
+    data_pb2_grpc.add_DataServiceServicer_to_server(servicer, server)

@@ -1,0 +1,115 @@
+"""Shared storage: atomic writes, content addressing, key validation."""
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tunesmith.core.errors import StorageKeyError
+from tunesmith.core.storage import LocalStorage, validate_key
+
+
+@pytest.mark.parametrize("key", ["../etc/passwd", "/etc/passwd", "a/../../b", "a/./b", "a//b", "", "a\\b", "a\x00b"])
+def test_bad_keys_are_rejected(tmp_path, key):
+    storage = LocalStorage(tmp_path)
+    with pytest.raises(StorageKeyError) as err:
+        storage.write_bytes(key, b"x")
+    assert err.value.field == "key"
+    assert not (tmp_path.parent / "passwd").exists()
+
+
+def test_symlink_escape_is_rejected(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    outside.mkdir()
+    storage = LocalStorage(root)
+    (root / "link").symlink_to(outside)
+    with pytest.raises(StorageKeyError, match="outside the storage root"):
+        storage.write_bytes("link/file", b"x")
+    assert not (outside / "file").exists()
+
+
+def test_good_keys_normalise():
+    assert validate_key("records/jobs/x.json") == "records/jobs/x.json"
+
+
+def test_artifact_is_content_addressed_and_verifiable(tmp_path):
+    storage = LocalStorage(tmp_path / "store")
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "weights.bin").write_bytes(b"\x01" * 1000)
+    (src / "sub").mkdir()
+    (src / "sub" / "config.json").write_text("{}")
+    a = storage.put_artifact("model", src)
+    b = storage.put_artifact("model", src)
+    assert a == b and a.size_bytes == 1002
+    assert storage.verify(a)
+    manifest = json.loads((storage.local_path(a.uri) / "MANIFEST.json").read_text())
+    assert set(manifest["files"]) == {"weights.bin", "sub/config.json"}
+    (storage.local_path(a.uri) / "weights.bin").write_bytes(b"tampered")
+    assert not storage.verify(a)
+
+
+def test_records_replace_atomically(tmp_path):
+    storage = LocalStorage(tmp_path)
+    storage.write_json("records/x/1.json", {"v": 1})
+    storage.write_json("records/x/1.json", {"v": 2})
+    assert storage.read_json("records/x/1.json") == {"v": 2}
+    assert list((tmp_path / ".tmp").iterdir()) == []
+
+
+WRITER = r"""
+import os, sys, time, shutil
+from pathlib import Path
+from tunesmith.core import storage as storage_mod
+storage = storage_mod.LocalStorage(sys.argv[1])
+src = Path(sys.argv[2])
+
+def copy_then_hang(s, d, *a, **k):
+    # Write half of the folder's file, then stall: the kill lands mid-write.
+    os.makedirs(d)
+    data = (Path(s) / "data.bin").read_bytes()
+    with open(Path(d) / "data.bin", "wb") as fo:
+        fo.write(data[: len(data) // 2]); fo.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+shutil.copytree = copy_then_hang
+if sys.argv[3] == "artifact":
+    storage.put_artifact("dataset", src)
+else:
+    real_replace = os.replace
+    def hang(*a, **k):
+        print("writing", flush=True); time.sleep(60)
+    storage_mod.os.replace = hang
+    storage.write_bytes("records/x/1.json", b"{}")
+"""
+
+
+def _kill_mid_write(root, src, what):
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(src), what], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_record_writer_killed_leaves_old_or_nothing(tmp_path):
+    root = tmp_path / "store"
+    _kill_mid_write(root, tmp_path, "record")
+    assert not LocalStorage(root).exists("records/x/1.json")
+
+
+def test_writer_killed_mid_write_leaves_no_visible_artifact(tmp_path):
+    src = tmp_path / "big"
+    src.mkdir()
+    (src / "data.bin").write_bytes(b"\x07" * (1 << 20))
+    root = tmp_path / "store"
+    _kill_mid_write(root, src, "artifact")
+    storage = LocalStorage(root)
+    assert storage.list_artifacts() == []
+    assert not (root / "artifacts" / "dataset").exists() or not any((root / "artifacts" / "dataset").iterdir())
+    leftovers = list((root / ".tmp").iterdir())
+    assert leftovers, "the killed writer's partial data should sit in staging"
+    assert storage.clean_staging(older_than_seconds=0) == len(leftovers)
+    # A later complete write of the same content succeeds.
+    art = storage.put_artifact("dataset", src)
+    assert storage.verify(art)
