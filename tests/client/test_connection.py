@@ -26,6 +26,7 @@ from tunesmith.client import (
     DataClient,
     DeadlineExceededError,
     InferenceClient,
+    InternalError,
     InvalidArgumentError,
     NotFoundError,
     PluginInfo,
@@ -82,6 +83,11 @@ class FakeDataService(data_pb2_grpc.DataServiceServicer):
         )
 
     def GetDataset(self, request, context):
+        if request.dataset_id == "meta":  # the field only in trailing metadata, as the core server sends it
+            context.set_trailing_metadata((("tunesmith-field", "spec.max_train_rows"),))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "must be positive")
+        if request.dataset_id == "crash":
+            context.abort(grpc.StatusCode.INTERNAL, "internal error: ZeroDivisionError: division by zero")
         if not request.dataset_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "dataset_id: must not be empty")
         context.abort(grpc.StatusCode.NOT_FOUND, f"dataset_id: no dataset '{request.dataset_id}'")
@@ -271,6 +277,48 @@ def test_invalid_argument_gets_the_field(serve):
     assert info.value.field == "dataset_id"
     assert info.value.message == "must not be empty"
     assert isinstance(info.value, TunesmithClientError)
+
+
+def test_field_from_trailing_metadata_and_internal_errors(serve):
+    client = DataClient(serve(data=FakeDataService()))
+    with pytest.raises(InvalidArgumentError) as info:
+        client.get_dataset("meta")
+    assert (info.value.field, info.value.message, str(info.value)) == (
+        "spec.max_train_rows", "must be positive", "must be positive"
+    )
+    with pytest.raises(InternalError) as crash:
+        client.get_dataset("crash")
+    assert crash.value.field is None
+    assert str(crash.value) == "internal error: ZeroDivisionError: division by zero"
+
+
+def test_against_the_real_server_bootstrap():
+    """The SDK with tunesmith.core.server's error-mapping interceptor (skipped where the
+    services package is not installed)."""
+    server_mod = pytest.importorskip("tunesmith.core.server")
+    core_errors = pytest.importorskip("tunesmith.core.errors")
+
+    class Raising(data_pb2_grpc.DataServiceServicer):
+        def GetDataset(self, request, context):
+            if request.dataset_id == "bad":
+                raise core_errors.InvalidArgument("must be positive", field="spec.max_train_rows")
+            raise core_errors.NotFound(f"no dataset '{request.dataset_id}'", field="dataset_id")
+
+    running = server_mod.start_server(
+        "data", Raising(), data_pb2_grpc.add_DataServiceServicer_to_server, port=0, host="127.0.0.1"
+    )
+    try:
+        client = DataClient(f"127.0.0.1:{running.port}")
+        client.wait_ready(5)
+        with pytest.raises(InvalidArgumentError) as info:
+            client.get_dataset("bad")
+        assert (info.value.field, info.value.message) == ("spec.max_train_rows", "must be positive")
+        with pytest.raises(NotFoundError) as missing:
+            client.get_dataset("x")
+        assert str(missing.value) == "dataset_id: no dataset 'x'" and missing.value.field == "dataset_id"
+        client.close()
+    finally:
+        running.stop(0)
 
 
 def test_errors_in_a_server_stream_are_translated(serve):

@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 SDK = REPO / "clients" / "python"
 
 HEAVY = ("torch", "transformers", "vllm", "peft", "accelerate")
-FORBIDDEN_MODULE_PREFIXES = (
+# Top-level names and packages that importing the SDK must not load (nor their submodules).
+FORBIDDEN_MODULES = (
     "torch", "transformers", "vllm", "tunesmith.core", "tunesmith.data", "tunesmith.trainer",
     "tunesmith.evaluator", "tunesmith.inference", "tunesmith.cli",
 )
@@ -87,7 +88,10 @@ def test_sdk_installs_alone_and_imports_fast_without_torch(tmp_path):
     assert probe.returncode == 0, probe.stderr
     result = json.loads(probe.stdout)
     assert Path(result["file"]).resolve().is_relative_to(venv.resolve()), result["file"]  # not the repo
-    loaded = [m for m in result["modules"] if m.startswith(FORBIDDEN_MODULE_PREFIXES)]
+    loaded = [
+        m for m in result["modules"]
+        if any(m == name or m.startswith(name + ".") for name in FORBIDDEN_MODULES)
+    ]
     assert not loaded, f"importing tunesmith.client loaded {loaded}"
 
     core = _run([python, "-c", "import tunesmith.core"], tmp_path, timeout=60)

@@ -113,3 +113,16 @@ def test_writer_killed_mid_write_leaves_no_visible_artifact(tmp_path):
     # A later complete write of the same content succeeds.
     art = storage.put_artifact("dataset", src)
     assert storage.verify(art)
+
+
+def test_open_storage_picks_the_backend_by_scheme(tmp_path):
+    """register_storage_backends: the "file" scheme comes from the built-in plugin."""
+    from tunesmith.core.plugins import PluginRegistry
+    from tunesmith.core.storage import open_storage
+
+    registry = PluginRegistry(("tunesmith_builtin.storage_local",), entry_points=False)
+    assert registry.names("storage_backends") == ["file"]
+    storage = open_storage(tmp_path.as_uri(), registry)
+    assert isinstance(storage, LocalStorage) and storage.root == tmp_path.resolve()
+    with pytest.raises(Exception, match="no storage backend named 's3'"):
+        open_storage("s3://bucket/prefix", registry)

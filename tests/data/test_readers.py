@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from tunesmith.core.errors import DataValidationError, InvalidArgument
-from tunesmith.data.readers import infer_format, normalize_format, read_bytes, read_file
+from tunesmith.data.readers import infer_format, normalize_format, read_bytes, read_file, read_rows
 
 
 def test_csv_rows_are_numbered_from_one_and_keep_quoted_newlines(tmp_path):
@@ -86,6 +86,11 @@ def test_bad_encoding_names_file_and_row(tmp_path):
     assert info.value.report["issues"][0]["code"] == "bad_encoding"
 
 
+def test_utf16_with_bom_is_read():
+    table = read_bytes("text,category\ncaf\u00e9,b\n".encode("utf-16"), "excel.csv")
+    assert table.rows == [(1, {"text": "caf\u00e9", "category": "b"})]
+
+
 def test_format_inferred_from_name_or_given():
     assert infer_format("x/train.CSV") == "csv"
     assert infer_format("a.jsonl") == "jsonl" and infer_format("a.json") == "json"
@@ -127,3 +132,11 @@ def test_parquet_with_pyarrow(tmp_path):
     table = read_file(tmp_path / "d.parquet")
     assert table.columns == ["text", "category"]
     assert table.rows == [(1, {"text": "a", "category": "x"}), (2, {"text": "b", "category": "y"})]
+
+
+def test_read_rows_is_a_list_of_numbered_rows_with_the_header(tmp_path):
+    path = tmp_path / "upload-123.csv"
+    path.write_text("text,category\nhello,greet\n", encoding="utf-8")
+    rows = read_rows(path, None, display_name="train.csv")
+    assert rows == [(1, {"text": "hello", "category": "greet"})]
+    assert rows.columns == ["text", "category"] and rows.source == "train.csv" and rows.format == "csv"

@@ -18,18 +18,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+# Short service name -> fully qualified gRPC name, and the standard ports: defined once, in the SDK.
+from tunesmith.client.connection import DEFAULT_PORTS
+from tunesmith.client.connection import SERVICES as SERVICE_NAMES
 from tunesmith.core import errors
 
 log = logging.getLogger("tunesmith.server")
 
-#: Short service name -> fully qualified gRPC service name.
-SERVICE_NAMES = {
-    "data": "tunesmith.api.data.v1.DataService",
-    "trainer": "tunesmith.api.trainer.v1.TrainerService",
-    "evaluator": "tunesmith.api.evaluator.v1.EvaluatorService",
-    "inference": "tunesmith.api.inference.v1.InferenceService",
-}
-DEFAULT_PORTS = {"data": 50051, "trainer": 50052, "evaluator": 50053, "inference": 50054}
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 FIELD_METADATA_KEY = "tunesmith-field"
 

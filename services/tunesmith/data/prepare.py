@@ -365,7 +365,7 @@ def _raise_invalid(source: str, rows_read: int, issues: list[dict[str, Any]]) ->
         "issues": errors[:MAX_ISSUES],
         "counts_by_code": _counts(errors),
     }
-    raise DataValidationError(message, report=report, field=first["field"] or None)
+    raise DataValidationError(message, report=report)
 
 
 def _columns_of(rows: list[tuple[int, dict[str, Any]]]) -> list[str]:
@@ -455,6 +455,8 @@ def render_rows(rows: list[tuple[int, dict[str, Any]]], spec: PrepareSpec, *, so
                 templates: Mapping[str, PromptTemplate], tokenizer: Any = None,
                 columns: list[str] | None = None) -> list[dict[str, Any]]:
     """Validate and render rows in file order, nothing else (for previews and RenderTemplate)."""
+    if columns is None:
+        columns = getattr(rows, "columns", None)
     valid = validate_rows(rows, spec, source=source, columns=columns)
     template = _template(spec, templates, tokenizer)
     issues: list[dict[str, Any]] = []
@@ -558,8 +560,11 @@ def prepare(rows: list[tuple[int, dict[str, Any]]], spec: PrepareSpec, *, source
             columns: list[str] | None = None) -> PreparedDataset:
     """Run the whole pipeline; DataValidationError (nothing returned) if any row is invalid.
 
-    `columns` is the file's header (readers.Table.columns); by default the union of row keys.
+    `columns` is the file's header (readers.Table.columns); by default `rows.columns` when rows
+    came from readers.read_rows, else the union of the rows' keys.
     """
+    if columns is None:
+        columns = getattr(rows, "columns", None)  # readers.read_rows carries the header
     rows_read = len(rows)
     if rows_read == 0:
         raise InvalidArgument(f"{source}: the file has no data rows", field="source")

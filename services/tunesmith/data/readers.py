@@ -17,6 +17,7 @@ stable code, in the same shape as the preparation pipeline's report.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -56,6 +57,25 @@ class Table:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+
+class Rows(list):
+    """A list of (row_number, row) that also carries the file's `columns`, `source` and `format`.
+
+    prepare() reads `.columns` as the file's header, so a mapped column that no row has is
+    reported once as missing_column even for JSONL files.
+    """
+
+    def __init__(self, table: Table):
+        super().__init__(table.rows)
+        self.columns = list(table.columns)
+        self.source = table.source
+        self.format = table.format
+
+
+def read_rows(path: str | Path, fmt: str | int | None = "", *, display_name: str | None = None) -> Rows:
+    """read_file(...) as a list of (row_number, row) with `.columns` (what prepare() takes)."""
+    return Rows(read_file(path, fmt, source=display_name))
 
 
 def normalize_format(fmt: str | int | None) -> str:
@@ -147,18 +167,22 @@ def _fail(source: str, rows_read: int, issues: list[dict[str, Any]], unit: str =
 
 
 def _decode(data: bytes, source: str, kind: str) -> str:
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16").lstrip("\ufeff")
+        except UnicodeDecodeError:
+            pass  # fall through to the UTF-8 error, which says where
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
+        bad = data[exc.start: exc.start + 4].hex(" ")
+        where = f"byte {exc.start}, bytes {bad}"
         row, unit = line, "line"
         if kind == "csv":
             row, unit = _csv_row_at(data[: exc.start].decode("utf-8", "replace")), "row"
-        bad = data[exc.start: exc.start + 4].hex(" ")
-        issue = _issue(
-            row, "", "bad_encoding",
-            f"not valid UTF-8 at byte {exc.start} (line {line}, bytes {bad}); save the file as UTF-8",
-        )
+            where = f"line {line}, {where}"
+        issue = _issue(row, "", "bad_encoding", f"not valid UTF-8 ({where}); save the file as UTF-8")
         raise _fail(source, 0, [issue], unit) from None
     return text[1:] if text.startswith("\ufeff") else text
 
@@ -191,7 +215,7 @@ def _read_csv(text: str, source: str, delimiter: str) -> Table:
             if len(record) != len(header):
                 issues.append(_issue(
                     number, "", "bad_row",
-                    f"has {len(record)} fields but the header has {len(header)} "
+                    f"has {_fields(len(record))} but the header has {_fields(len(header))} "
                     f"(line {reader.line_num}); check quoting and delimiters",
                 ))
                 continue
@@ -204,6 +228,10 @@ def _read_csv(text: str, source: str, delimiter: str) -> Table:
     if issues:
         raise _fail(source, number, issues)
     return Table(source=source, format="csv", columns=header, rows=rows)
+
+
+def _fields(n: int) -> str:
+    return f"{n} field" if n == 1 else f"{n} fields"
 
 
 def _check_header(header: list[str], source: str) -> None:

@@ -17,6 +17,7 @@ from tunesmith.client.errors import (
     AlreadyExistsError,
     DeadlineExceededError,
     FailedPreconditionError,
+    InternalError,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
@@ -60,4 +61,5 @@ __all__ = [
     "DeadlineExceededError",
     "ResourceExhaustedError",
     "UnimplementedError",
+    "InternalError",
 ]

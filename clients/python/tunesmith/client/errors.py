@@ -5,8 +5,9 @@ Every client method goes through `translate_errors`, so callers only ever see
 available as `err.rpc_error`.
 
 The services send details as "field: message" when one input is at fault (see
-tunesmith.core.errors); the field is parsed into `err.field` and the rest into `err.message`.
-`str(err)` is always the full detail text.
+tunesmith.core.errors), and the field alone in the "tunesmith-field" trailing metadata. The
+field goes into `err.field` (from the metadata, else parsed from the details) and the rest into
+`err.message`. `str(err)` is always the full detail text.
 """
 from __future__ import annotations
 
@@ -29,12 +30,17 @@ __all__ = [
     "DeadlineExceededError",
     "ResourceExhaustedError",
     "UnimplementedError",
+    "InternalError",
     "CONNECT_HINT",
+    "FIELD_METADATA_KEY",
     "from_rpc_error",
     "translate_errors",
 ]
 
 CONNECT_HINT = "is the service running? try `tunesmith up`"
+
+# Trailing metadata key naming the offending field (set by tunesmith.core.server).
+FIELD_METADATA_KEY = "tunesmith-field"
 
 # "field: message", where field is a dotted path with optional indexes: "spec.method.rank",
 # "rows[3].input". A leading phrase with spaces never matches.
@@ -71,6 +77,7 @@ class TunesmithClientError(Exception):
         code: grpc.StatusCode | None = None,
         address: str | None = None,
         rpc_error: grpc.RpcError | None = None,
+        field: str | None = None,
     ):
         super().__init__(details)
         self.details = details
@@ -78,8 +85,13 @@ class TunesmithClientError(Exception):
         self.address = address
         self.rpc_error = rpc_error
         match = _FIELD_RE.match(details or "")
-        self.field: str | None = match.group("field") if match else None
-        self.message: str = match.group("message") if match else (details or "")
+        if field:
+            self.field: str | None = field
+            prefix = f"{field}: "
+            self.message: str = details[len(prefix):] if details.startswith(prefix) else details
+        else:
+            self.field = match.group("field") if match else None
+            self.message = match.group("message") if match else (details or "")
 
     def __str__(self) -> str:
         return self.details
@@ -121,6 +133,10 @@ class UnimplementedError(TunesmithClientError):
     """UNIMPLEMENTED: the service does not offer this RPC (client and server versions differ?)."""
 
 
+class InternalError(TunesmithClientError):
+    """INTERNAL or UNKNOWN: a bug or crash in the service; its logs have the traceback."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[TunesmithClientError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.OUT_OF_RANGE: InvalidArgumentError,
@@ -131,7 +147,21 @@ _BY_CODE: dict[grpc.StatusCode, type[TunesmithClientError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.UNIMPLEMENTED: UnimplementedError,
+    grpc.StatusCode.INTERNAL: InternalError,
+    grpc.StatusCode.UNKNOWN: InternalError,
 }
+
+
+def _field_from_metadata(err: grpc.RpcError) -> str | None:
+    getter = getattr(err, "trailing_metadata", None)
+    try:
+        metadata = getter() if callable(getter) else None
+    except Exception:  # noqa: BLE001 - metadata is a nicety; never mask the real error
+        return None
+    for key, value in metadata or ():
+        if key == FIELD_METADATA_KEY and value:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
 
 
 def from_rpc_error(err: grpc.RpcError, *, address: str | None = None) -> TunesmithClientError:
@@ -150,7 +180,7 @@ def from_rpc_error(err: grpc.RpcError, *, address: str | None = None) -> Tunesmi
             rpc_error=err,
         )
     cls = _BY_CODE.get(code, TunesmithClientError)  # type: ignore[arg-type]
-    return cls(details, code=code, address=address, rpc_error=err)
+    return cls(details, code=code, address=address, rpc_error=err, field=_field_from_metadata(err))
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -1,0 +1,391 @@
+"""Built-in inference backend "vllm": vLLM's AsyncLLM (V1 engine) behind a synchronous API.
+
+How it runs:
+- One asyncio loop per loaded model, in a daemon thread ("tunesmith-vllm-loop"). AsyncLLM is
+  created on that loop; sync callers bridge in with asyncio.run_coroutine_threadsafe (generate)
+  or a queue (stream). Any number of threads may call generate/stream at once: every request
+  goes to the engine as its own request and vLLM batches them (continuous batching).
+- AsyncLLM runs the engine core in a child process. On CPU vLLM forces the `spawn` start method,
+  so the program that loads a model must guard its entry point (`if __name__ == "__main__":`,
+  or be started with `python -m`); a gRPC server is fine since nothing is forked.
+- CPU defaults, each set only when the variable is not set already: VLLM_CPU_KVCACHE_SPACE=1
+  (GiB of KV cache), VLLM_NO_USAGE_STATS=1. dtype defaults to float32 on CPU (bfloat16 gives
+  wrong text for SmolLM2 on these CPUs), to vLLM's "auto" on GPU.
+- Prompts are tokenized here with the folder's transformers tokenizer (chat template for chats),
+  the same way as the transformers backend, and sent to the engine as token ids.
+
+Nothing from vllm or torch is imported at module import.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata as md
+import importlib.util
+import itertools
+import os
+import queue
+import threading
+import uuid
+from typing import Any, Iterator, Sequence
+
+from tunesmith.core.contracts import Generation, PromptInput, Sampling
+from tunesmith.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from tunesmith.core.plugins import hookimpl
+from tunesmith_builtin.inference_transformers import (
+    TextStream,
+    check_sampling,
+    load_tokenizer,
+    normalize_dtype,
+    render_prompt,
+)
+
+DEFAULT_MAX_MODEL_LEN = 2048
+CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+ENV_DEFAULTS = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+_FINISH = {"stop": "stop", "length": "length", "abort": "cancelled"}
+_END = object()
+
+
+def _vllm_dist() -> tuple[str, str] | None:
+    """(distribution name, version) of the installed vLLM, without importing it."""
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            return dist, md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return None
+
+
+def _is_cpu_build() -> bool:
+    dist = _vllm_dist()
+    if dist and dist[0] == "vllm-cpu":
+        return True
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+class VllmModel:
+    """A model served by an in-process AsyncLLM frontend (engine core in a child process)."""
+
+    backend = "vllm"
+
+    def __init__(self, model_path: str, *, dtype: str = "", max_model_len: int = 0,
+                 enable_adapters: bool = False, max_loras: int = 4, max_lora_rank: int = 64,
+                 max_num_seqs: int = 64):
+        if not os.path.isdir(model_path):
+            raise NotFound(f"model folder {model_path!r} does not exist", field="model_path")
+        self.model_path = model_path
+        self.enable_adapters = enable_adapters
+        self.device = "cpu" if _is_cpu_build() else "cuda"
+        for key, value in {**ENV_DEFAULTS, **(CPU_ENV_DEFAULTS if self.device == "cpu" else {})}.items():
+            os.environ.setdefault(key, value)
+        name = normalize_dtype(dtype)
+        if name == "":
+            name = "float32" if self.device == "cpu" else "auto"
+        self.dtype = name
+        self.max_model_len = int(max_model_len) or DEFAULT_MAX_MODEL_LEN
+        self.note = "float32 by default on CPU: bfloat16 gives wrong text there" if (
+            self.device == "cpu" and not dtype) else ""
+        self.tokenizer = load_tokenizer(model_path)
+
+        self._adapters: dict[str, Any] = {}  # name -> LoRARequest
+        self._lora_ids = itertools.count(1)
+        self._tasks: set[asyncio.Future] = set()
+        self._state_lock = threading.Lock()
+        self._closed = False
+        self._engine: Any = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="tunesmith-vllm-loop", daemon=True)
+        self._thread.start()
+
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        args = AsyncEngineArgs(
+            model=model_path,
+            tokenizer=model_path,
+            dtype=self.dtype,
+            max_model_len=self.max_model_len,
+            max_num_seqs=max_num_seqs,
+            enable_lora=enable_adapters,
+            max_loras=max_loras,
+            max_lora_rank=max_lora_rank,
+            disable_log_stats=True,
+            enable_log_requests=False,
+            seed=0,
+        )
+        try:
+            self._engine = self._call(self._start(args))
+        except Exception as exc:
+            self._stop_loop()
+            raise FailedPrecondition(f"vLLM could not load {model_path!r}: {exc}") from exc
+
+    # -- the loop thread -------------------------------------------------------------------------
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    async def _start(self, args: Any) -> Any:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(args)
+
+    def _call(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run a coroutine on the loop thread and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _stop_loop(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        if not self._loop.is_running():
+            self._loop.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FailedPrecondition("the model has been closed")
+        if self._engine is not None and self._engine.errored:
+            raise Unavailable(f"the vLLM engine has died: {self._engine.dead_error}")
+
+    # -- requests --------------------------------------------------------------------------------
+    def _params(self, sampling: Sampling, delta: bool) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        greedy = sampling.temperature == 0
+        return SamplingParams(
+            max_tokens=sampling.max_new_tokens,
+            temperature=0.0 if greedy else sampling.temperature,
+            top_p=1.0 if greedy else sampling.top_p,
+            top_k=0 if greedy else sampling.top_k,
+            seed=(sampling.seed or None) if not greedy else None,
+            stop=list(sampling.stop) or None,
+            repetition_penalty=sampling.repetition_penalty,
+            output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
+        )
+
+    def _engine_input(self, prompt: PromptInput) -> tuple[Any, int]:
+        ids = render_prompt(self.tokenizer, prompt)
+        if not ids:
+            raise InvalidArgument("the prompt is empty", field="prompt")
+        if len(ids) >= self.max_model_len:
+            raise InvalidArgument(
+                f"prompt is {len(ids)} tokens; this model takes at most {self.max_model_len - 1}", field="prompt")
+        try:
+            from vllm.inputs.engine import tokens_input
+
+            return tokens_input(ids), len(ids)
+        except ImportError:  # older vLLM: a TokensPrompt dict
+            return {"prompt_token_ids": ids}, len(ids)
+
+    def _lora(self, adapter: str | None) -> Any:
+        if not adapter:
+            return None
+        with self._state_lock:
+            req = self._adapters.get(adapter)
+            known = ", ".join(sorted(self._adapters)) or "none"
+        if req is None:
+            raise NotFound(f"no adapter named {adapter!r} is loaded (loaded: {known})", field="adapter")
+        return req
+
+    def _track(self, fut: asyncio.Future) -> None:
+        with self._state_lock:
+            self._tasks.add(fut)
+        fut.add_done_callback(lambda f: self._tasks.discard(f))
+
+    async def _one(self, engine_input: Any, params: Any, lora: Any) -> Any:
+        final = None
+        async for out in self._engine.generate(engine_input, params, uuid.uuid4().hex, lora_request=lora):
+            final = out
+        return final
+
+    @staticmethod
+    def _error(exc: BaseException) -> BaseException:
+        """Map a vLLM validation error to InvalidArgument; leave others alone."""
+        names = {c.__name__ for c in type(exc).__mro__}
+        if names & {"VLLMValidationError", "VLLMClientError", "ValueError"}:
+            return InvalidArgument(str(exc))
+        if "EngineDeadError" in names:
+            return Unavailable(f"the vLLM engine has died: {exc}")
+        return exc
+
+    def generate(self, prompts: Sequence[PromptInput], sampling: Sampling, *,
+                 adapter: str | None = None) -> list[Generation]:
+        """Submit every prompt at once (vLLM batches them); results in prompt order."""
+        check_sampling(sampling)
+        self._check_open()
+        inputs = [self._engine_input(p) for p in prompts]
+        lora = self._lora(adapter)
+        params = self._params(sampling, delta=False)
+
+        async def run_all() -> list[Any]:
+            return await asyncio.gather(*(self._one(inp, params, lora) for inp, _ in inputs))
+
+        fut = asyncio.run_coroutine_threadsafe(run_all(), self._loop)
+        self._track(fut)
+        try:
+            outs = fut.result()
+        except BaseException as exc:
+            fut.cancel()  # an interrupted caller aborts its requests
+            mapped = self._error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        gens = []
+        for (_, n_prompt), out in zip(inputs, outs):
+            if out is None:
+                gens.append(Generation("", n_prompt, 0, "cancelled"))
+                continue
+            c = out.outputs[0]
+            gens.append(Generation(text=c.text, prompt_tokens=n_prompt, completion_tokens=len(c.token_ids),
+                                   finish_reason=_FINISH.get(c.finish_reason or "", c.finish_reason or "stop")))
+        return gens
+
+    def stream(self, prompt: PromptInput, sampling: Sampling, *, adapter: str | None = None) -> TextStream:
+        """Text deltas for one prompt; closing the stream aborts the request in the engine."""
+        check_sampling(sampling)
+        self._check_open()
+        engine_input, n_prompt = self._engine_input(prompt)
+        lora = self._lora(adapter)
+        params = self._params(sampling, delta=True)
+        return TextStream(lambda handle: self._stream(handle, engine_input, n_prompt, params, lora))
+
+    def _stream(self, handle: TextStream, engine_input: Any, n_prompt: int, params: Any,
+                lora: Any) -> Iterator[str]:
+        q: queue.SimpleQueue = queue.SimpleQueue()
+
+        async def pump() -> None:
+            try:
+                async for out in self._engine.generate(engine_input, params, uuid.uuid4().hex, lora_request=lora):
+                    q.put(out)
+            except BaseException as exc:  # CancelledError included: the consumer must wake up
+                q.put(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            finally:
+                q.put(_END)
+
+        fut = asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        self._track(fut)
+        text: list[str] = []
+        n_tokens = 0
+        reason = "cancelled"
+        try:
+            while True:
+                item = q.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    if isinstance(item, asyncio.CancelledError):
+                        reason = "cancelled"
+                        break
+                    mapped = self._error(item)
+                    if mapped is item:
+                        raise item
+                    raise mapped from item
+                c = item.outputs[0]
+                n_tokens += len(c.token_ids)
+                if c.text:
+                    text.append(c.text)
+                    yield c.text  # vLLM has already cut at stop strings
+                if c.finish_reason:
+                    reason = _FINISH.get(c.finish_reason, c.finish_reason)
+            handle.generation = Generation("".join(text), n_prompt, n_tokens, reason)
+        finally:
+            if not fut.done():
+                fut.cancel()  # cancels engine.generate, which aborts the request
+
+    # -- adapters --------------------------------------------------------------------------------
+    def load_adapter(self, name: str, adapter_dir: str) -> None:
+        """Load a peft LoRA folder under `name` (a second load of a name replaces it)."""
+        if not self.enable_adapters:
+            raise FailedPrecondition("this model was loaded without enable_adapters; reload it with adapters enabled")
+        if not name:
+            raise InvalidArgument("an adapter needs a name", field="adapter")
+        if not os.path.isfile(os.path.join(adapter_dir, "adapter_config.json")):
+            raise NotFound(f"no adapter_config.json in {adapter_dir!r}", field="adapter_dir")
+        self._check_open()
+        from vllm.lora.request import LoRARequest
+
+        req = LoRARequest(lora_name=name, lora_int_id=next(self._lora_ids), lora_path=os.path.abspath(adapter_dir))
+        try:
+            self._call(self._engine.add_lora(req))
+        except Exception as exc:
+            raise InvalidArgument(f"vLLM could not load adapter {name!r} from {adapter_dir!r}: {exc}",
+                                  field="adapter_dir") from exc
+        with self._state_lock:
+            old = self._adapters.get(name)
+            self._adapters[name] = req
+        if old is not None:
+            self._call(self._engine.remove_lora(old.lora_int_id))
+
+    def unload_adapter(self, name: str) -> None:
+        with self._state_lock:
+            req = self._adapters.pop(name, None)
+        if req is None:
+            raise NotFound(f"no adapter named {name!r} is loaded", field="adapter")
+        self._check_open()
+        self._call(self._engine.remove_lora(req.lora_int_id))
+
+    def adapters(self) -> list[str]:
+        with self._state_lock:
+            return sorted(self._adapters)
+
+    # -- lifetime --------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Cancel running requests, shut the engine (and its process) down, stop the loop."""
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+            tasks = list(self._tasks)
+        for fut in tasks:
+            fut.cancel()
+        engine, self._engine = self._engine, None
+        if engine is not None and self._loop.is_running():
+            async def shutdown() -> None:
+                await asyncio.sleep(0)  # let cancelled requests run their abort handlers
+                engine.shutdown()
+
+            try:
+                self._call(shutdown(), timeout=120)
+            except Exception:
+                pass
+        del engine
+        self._stop_loop()
+        import gc
+
+        gc.collect()
+
+    def describe(self) -> dict[str, Any]:
+        info = {"backend": self.backend, "device": self.device, "dtype": self.dtype,
+                "max_model_len": self.max_model_len, "adapters": self.adapters()}
+        if self.note:
+            info["note"] = self.note
+        return info
+
+
+class VllmBackend:
+    name = "vllm"
+
+    def __init__(self, max_loras: int = 4, max_lora_rank: int = 64, max_num_seqs: int = 64):
+        self.max_loras = max_loras
+        self.max_lora_rank = max_lora_rank
+        self.max_num_seqs = max_num_seqs
+
+    def available(self) -> tuple[bool, str]:
+        if importlib.util.find_spec("vllm") is None:
+            return False, "vLLM is not installed (pip install 'tunesmith[serve-cpu]' or 'tunesmith[serve-gpu]')"
+        dist = _vllm_dist()
+        return True, f"{dist[0]} {dist[1]}" if dist else "vllm is importable"
+
+    def load(self, model_path: str, *, dtype: str = "", max_model_len: int = 0,
+             enable_adapters: bool = False) -> VllmModel:
+        return VllmModel(model_path, dtype=dtype, max_model_len=max_model_len, enable_adapters=enable_adapters,
+                         max_loras=self.max_loras, max_lora_rank=self.max_lora_rank,
+                         max_num_seqs=self.max_num_seqs)
+
+
+@hookimpl
+def register_inference_backends(register):
+    register("vllm", VllmBackend())
