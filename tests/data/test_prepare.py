@@ -348,3 +348,18 @@ def test_real_banking77_slice_passes(tmp_path, templates, tokenizer):
     assert first["completion"] == " " + sample[0][1]
     assert p.split_rows()["validation"] == round(p.report["rows_accepted"] * 0.1)
     assert p.statistics["train"]["total_tokens"]["max"] > 0
+
+
+def test_validation_fraction_one_holds_out_every_row():
+    """An evaluation-only dataset: every row in "validation", stratified caps still apply."""
+    from tunesmith.core.plugins import PluginRegistry
+    from tunesmith.data.prepare import PrepareSpec, prepare
+
+    templates = PluginRegistry(("tunesmith_builtin.templates",), entry_points=False).all("templates")
+    rows = [(i + 1, {"input": f"message {i}", "output": f"label{i % 4}"}) for i in range(40)]
+    spec = PrepareSpec(schema="classification", validation_fraction=1.0, seed=3, stratify=True,
+                       max_validation_rows=20)
+    prepared = prepare(rows, spec, source="eval.csv", templates=templates)
+    assert set(prepared.splits) == {"validation"}
+    labels = [e["label"] for e in prepared.splits["validation"]]
+    assert len(labels) == 20 and all(labels.count(f"label{k}") == 5 for k in range(4))

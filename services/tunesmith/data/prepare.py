@@ -149,8 +149,9 @@ class PrepareSpec:
 
     def check(self) -> None:
         """InvalidArgument naming the first field that is out of range."""
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise InvalidArgument(f"validation_fraction must be in [0, 1), got {self.validation_fraction}",
+        if not 0.0 <= self.validation_fraction <= 1.0:
+            raise InvalidArgument(f"validation_fraction must be in [0, 1] (1 = hold out every row), "
+                                  f"got {self.validation_fraction}",
                                   field="split.validation_fraction")
         for name in ("validation_rows", "max_train_rows", "max_validation_rows", "max_seq_length"):
             if getattr(self, name) < 0:
@@ -497,6 +498,8 @@ def _validation_count(n: int, spec: PrepareSpec) -> int:
         return spec.validation_rows
     if spec.validation_fraction <= 0:
         return 0
+    if spec.validation_fraction >= 1.0:
+        return n  # an evaluation-only dataset: every row held out
     if n < 2:
         raise InvalidArgument(f"a validation split needs at least 2 rows, have {n}", field="split.validation_fraction")
     return min(max(int(n * spec.validation_fraction + 0.5), 1), n - 1)
@@ -624,7 +627,7 @@ def prepare(rows: list[tuple[int, dict[str, Any]]], spec: PrepareSpec, *, source
         train = train[:spec.max_train_rows]
     if spec.max_validation_rows and len(validation) > spec.max_validation_rows:
         validation = validation[:spec.max_validation_rows]
-    splits: dict[str, list[dict[str, Any]]] = {"train": train}
+    splits: dict[str, list[dict[str, Any]]] = {"train": train} if train or not validation else {}
     if validation:
         splits["validation"] = validation
     sizes = sorted(set(spec.nested_subset_sizes))

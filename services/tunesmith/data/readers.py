@@ -55,15 +55,11 @@ class Table:
     columns: list[str]
     rows: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
 
 class Rows(list):
     """A list of (row_number, row) that also carries the file's `columns`, `source` and `format`.
 
-    prepare() reads `.columns` as the file's header, so a mapped column that no row has is
-    reported once as missing_column even for JSONL files.
+    prepare() uses `.columns` as the file's header when it is not given one explicitly.
     """
 
     def __init__(self, table: Table):

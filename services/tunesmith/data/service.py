@@ -39,11 +39,10 @@ def prepare_spec(spec: data_pb2.DatasetSpec):
     """The proto DatasetSpec as the preparation pipeline's PrepareSpec."""
     from tunesmith.data.prepare import PrepareSpec
 
-    template = spec.template or ("classification" if SCHEMAS[spec.schema] == "classification" else "plain")
     return PrepareSpec(
         schema=SCHEMAS[spec.schema],
         column_mapping=dict(spec.column_mapping),
-        template=template,
+        template=spec.template,  # empty: the schema's default template
         template_options=json_format.MessageToDict(spec.template_options),
         validation_fraction=spec.split.validation_fraction,
         validation_rows=spec.split.validation_rows,
@@ -116,10 +115,10 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
 
         pspec = prepare_spec(spec)
         templates = self.rt.registry.all("templates")
-        if pspec.template not in templates:
-            self.rt.registry.get("templates", pspec.template)  # NotFound listing the known ones
+        if pspec.resolved_template not in templates:
+            self.rt.registry.get("templates", pspec.resolved_template)  # NotFound listing the known ones
         tokenizer_model = spec.tokenizer_model
-        if not tokenizer_model and (pspec.template in TOKENIZER_TEMPLATES or spec.max_seq_length):
+        if not tokenizer_model and (pspec.resolved_template in TOKENIZER_TEMPLATES or spec.max_seq_length):
             from tunesmith.core.models import BUNDLED_NAME
 
             tokenizer_model = BUNDLED_NAME
