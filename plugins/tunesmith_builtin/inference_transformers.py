@@ -246,7 +246,10 @@ class TransformersModel:
         return sorted(self._adapters)
 
     def _delete_adapter(self, name: str) -> None:
-        self.model.delete_adapter(name)
+        if len(self._adapters) == 1:  # the last one: back to the plain base model
+            self.model = self.model.unload().eval()
+        else:
+            self.model.delete_adapter(name)
         del self._adapters[name]
 
     def _adapter_context(self, adapter: str | None):
@@ -367,10 +370,24 @@ class TransformersModel:
                 return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
         class _Streamer(TextIteratorStreamer):
+            """Emits a delta per token (the stock one waits for whole words): decodes all tokens
+            so far and hands out the new suffix, holding it while it ends in an incomplete
+            UTF-8 character."""
+
             def put(self, value):  # noqa: ANN001
-                if not self.next_tokens_are_prompt:
-                    counted.extend(value.reshape(-1).tolist())
-                super().put(value)
+                if self.next_tokens_are_prompt:
+                    self.next_tokens_are_prompt = False
+                    return
+                counted.extend(value.reshape(-1).tolist())
+                text = self.tokenizer.decode(counted, **self.decode_kwargs)
+                if len(text) > self.print_len and not text.endswith("\ufffd"):
+                    self.on_finalized_text(text[self.print_len:])
+                    self.print_len = len(text)
+
+            def end(self):
+                text = self.tokenizer.decode(counted, **self.decode_kwargs) if counted else ""
+                self.on_finalized_text(text[self.print_len:], stream_end=True)
+                self.print_len = max(self.print_len, len(text))
 
         streamer = _Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: queue.SimpleQueue = queue.SimpleQueue()
@@ -388,9 +405,12 @@ class TransformersModel:
                             stopping_criteria=StoppingCriteriaList([_Cancelled()]),
                             **self._gen_kwargs(sampling, limit),
                         )
-            except BaseException as exc:  # hand it to the consumer
+            except BaseException as exc:  # hand it to the consumer, and always wake it up
                 errors.put(exc)
-                streamer.end()
+                try:
+                    streamer.end()
+                except BaseException:
+                    streamer.text_queue.put(streamer.stop_signal)
 
         thread = threading.Thread(target=work, name="tunesmith-transformers-stream", daemon=True)
         scanner = StopScanner(sampling.stop)

@@ -61,14 +61,14 @@ def build_model(vocab_size: int, eos_id: int, seed: int = 0):
 
 
 @pytest.fixture(scope="session")
-def tiny_tokenizer():
+def sft_tokenizer():
     return build_tokenizer()
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+def sft_model_dir(tmp_path_factory, sft_tokenizer):
     path = tmp_path_factory.mktemp("tiny-llama")
-    model = build_model(len(tiny_tokenizer), tiny_tokenizer.eos_token_id)
+    model = build_model(len(sft_tokenizer), sft_tokenizer.eos_token_id)
     model.save_pretrained(str(path))
-    tiny_tokenizer.save_pretrained(str(path))
+    sft_tokenizer.save_pretrained(str(path))
     return str(path)

@@ -6,7 +6,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from conftest import make_rows  # noqa: E402
+from tunesmith.core.errors import InvalidArgument  # noqa: E402
+
+from .conftest import make_rows  # noqa: E402
 
 from tunesmith.trainer.sft import (  # noqa: E402
     IGNORE_INDEX, TrainingCancelled, _LossComputer, collate, encode_rows, length_grouped_batches, lr_factor,
@@ -15,8 +17,8 @@ from tunesmith_builtin.peft_lora import LoraMethod  # noqa: E402
 
 
 # --- tokenisation, masking, collation -----------------------------------------------------
-def test_completion_only_labels_mask_exactly_prompt_and_padding(tiny_tokenizer):
-    tok = tiny_tokenizer
+def test_completion_only_labels_mask_exactly_prompt_and_padding(sft_tokenizer):
+    tok = sft_tokenizer
     rows = [{"prompt": "Message: I lost my card\nIntent:", "completion": " lost_or_stolen_card"},
             {"prompt": "Message: how do I change my PIN please, it is urgent\nIntent:", "completion": " change_pin"}]
     ex = encode_rows(tok, rows, max_seq_length=512)
@@ -39,17 +41,17 @@ def test_completion_only_labels_mask_exactly_prompt_and_padding(tiny_tokenizer):
     assert (batch["attention_mask"] == 0).any()
 
 
-def test_full_sequence_loss_labels_every_real_token(tiny_tokenizer):
+def test_full_sequence_loss_labels_every_real_token(sft_tokenizer):
     rows = make_rows(3)
-    ex = encode_rows(tiny_tokenizer, rows, 512, completion_only_loss=False)
-    batch = collate(ex, tiny_tokenizer.eos_token_id)
+    ex = encode_rows(sft_tokenizer, rows, 512, completion_only_loss=False)
+    batch = collate(ex, sft_tokenizer.eos_token_id)
     real = batch["attention_mask"].bool()
     assert (batch["labels"][real] == batch["input_ids"][real]).all()
     assert (batch["labels"][~real] == IGNORE_INDEX).all()
 
 
-def test_truncation_cuts_the_prompt_from_the_left_and_keeps_the_completion(tiny_tokenizer):
-    tok = tiny_tokenizer
+def test_truncation_cuts_the_prompt_from_the_left_and_keeps_the_completion(sft_tokenizer):
+    tok = sft_tokenizer
     row = {"prompt": "Message: " + "my card has not come in the post yet " * 6 + "\nIntent:",
            "completion": " card_arrival"}
     c = tok(row["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -77,25 +79,30 @@ def test_lr_schedules():
     assert lr_factor(0, 10, 2, "cosine") == 0.0 and lr_factor(1, 10, 2, "cosine") == 0.5
     assert lr_factor(2, 10, 2, "cosine") == pytest.approx(1.0)
     assert lr_factor(9, 10, 0, "constant") == 1.0
-    with pytest.raises(ValueError, match="lr_scheduler"):
+    with pytest.raises(InvalidArgument) as info:
         resolve_hp({"lr_scheduler": "bogus"})
-    with pytest.raises(ValueError, match="batch_size"):
+    assert info.value.field == "hyperparameters.lr_scheduler"
+    with pytest.raises(InvalidArgument) as info:
         resolve_hp({"batch_size": 0})
+    assert info.value.field == "hyperparameters.batch_size"
+    # protobuf's JSON form sends int64 as strings; "" and None mean the default
+    hp = resolve_hp({"max_steps": "12", "seed": "3", "lr_scheduler": "", "dtype": None, "learning_rate": 1e-3})
+    assert hp["max_steps"] == 12 and hp["seed"] == 3 and hp["lr_scheduler"] == "linear" and hp["dtype"] == "float32"
 
 
-def test_fast_loss_on_left_padded_batch_equals_the_models_own_loss(tiny_model_dir, tiny_tokenizer):
+def test_fast_loss_on_left_padded_batch_equals_the_models_own_loss(sft_model_dir, sft_tokenizer):
     """The loop computes logits only for the labelled tail of a left-padded batch; that must give
     exactly the loss the model computes on each unpadded row with full logits."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = LoraMethod().apply(AutoModelForCausalLM.from_pretrained(tiny_model_dir), {"rank": 4})
+    model = LoraMethod().apply(AutoModelForCausalLM.from_pretrained(sft_model_dir), {"rank": 4})
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05)
     rows = make_rows(6, seed=7)
-    ex = encode_rows(tiny_tokenizer, rows, 512)
-    batch = collate(ex, tiny_tokenizer.eos_token_id)
+    ex = encode_rows(sft_tokenizer, rows, 512)
+    batch = collate(ex, sft_tokenizer.eos_token_id)
     assert batch["label_span"] + 1 < batch["input_ids"].shape[1]  # the fast path is taken
     fast = _LossComputer(model)
     assert fast.supports_keep
@@ -113,13 +120,13 @@ def test_fast_loss_on_left_padded_batch_equals_the_models_own_loss(tiny_model_di
 
 
 # --- the loop -----------------------------------------------------------------------------
-def test_training_lowers_the_loss_emits_events_and_saves_a_loadable_adapter(tiny_model_dir, tmp_path):
+def test_training_lowers_the_loss_emits_events_and_saves_a_loadable_adapter(sft_model_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     events: list[dict] = []
     result = train_sft(
-        model_path=tiny_model_dir, train_rows=make_rows(40), validation_rows=make_rows(8, seed=99),
+        model_path=sft_model_dir, train_rows=make_rows(40), validation_rows=make_rows(8, seed=99),
         method=LoraMethod(), method_options={"rank": 8}, output_dir=tmp_path,
         hp={"epochs": 4, "batch_size": 4, "learning_rate": 5e-3, "seed": 0, "eval_every_steps": 10},
         on_event=events.append)
@@ -149,12 +156,12 @@ def test_training_lowers_the_loss_emits_events_and_saves_a_loadable_adapter(tiny
     assert result["adapter_dir"] == str(adapter)
     assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
     assert (adapter / "tokenizer.json").exists()
-    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(adapter))
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sft_model_dir), str(adapter))
     b_weights = [p for n, p in loaded.named_parameters() if "lora_B" in n]
     assert b_weights and any(p.abs().sum() > 0 for p in b_weights)  # trained, not the zero init
 
 
-def test_should_stop_raises_training_cancelled(tiny_model_dir, tmp_path):
+def test_should_stop_raises_training_cancelled(sft_model_dir, tmp_path):
     calls = {"n": 0}
 
     def should_stop() -> bool:
@@ -163,7 +170,7 @@ def test_should_stop_raises_training_cancelled(tiny_model_dir, tmp_path):
 
     events: list[dict] = []
     with pytest.raises(TrainingCancelled) as info:
-        train_sft(model_path=tiny_model_dir, train_rows=make_rows(40), validation_rows=None,
+        train_sft(model_path=sft_model_dir, train_rows=make_rows(40), validation_rows=None,
                   method=LoraMethod(), method_options={"rank": 4}, output_dir=tmp_path,
                   hp={"epochs": 3, "batch_size": 4}, on_event=events.append, should_stop=should_stop)
     assert info.value.step == 3
@@ -171,7 +178,7 @@ def test_should_stop_raises_training_cancelled(tiny_model_dir, tmp_path):
     assert not (tmp_path / "adapter").exists()
 
 
-def test_early_stopping_when_validation_stops_improving(tiny_model_dir, tmp_path):
+def test_early_stopping_when_validation_stops_improving(sft_model_dir, tmp_path):
     """Validation rows carry the opposite labels to training: fitting the training data makes the
     validation loss rise, so patience 2 stops training long before the 60 planned steps."""
     train = make_rows(24, seed=3)
@@ -179,7 +186,7 @@ def test_early_stopping_when_validation_stops_improving(tiny_model_dir, tmp_path
             "lost_or_stolen_card": "exchange_rate", "exchange_rate": "lost_or_stolen_card"}
     val = [{"prompt": r["prompt"], "completion": " " + swap[r["completion"].strip()]} for r in train[:8]]
     events: list[dict] = []
-    result = train_sft(model_path=tiny_model_dir, train_rows=train, validation_rows=val,
+    result = train_sft(model_path=sft_model_dir, train_rows=train, validation_rows=val,
                        method=LoraMethod(), method_options={"rank": 8}, output_dir=tmp_path,
                        hp={"epochs": 10, "batch_size": 4, "learning_rate": 1e-2, "eval_every_steps": 3,
                            "early_stopping_patience": 2},

@@ -71,13 +71,18 @@ class EventLog:
         while alive():
             with self.cond:
                 batch = self.events[index:]
-                if not batch:
-                    if not follow or done():
-                        return
-                    self.cond.wait(timeout=0.5)
-                    continue
-            index += len(batch)
-            yield from batch
+            if batch:
+                index += len(batch)
+                yield from batch
+                continue
+            # done() takes the job manager's lock: never call it while holding self.cond.
+            finished = not follow or done()
+            with self.cond:
+                if len(self.events) > index:
+                    continue  # an event raced in (e.g. the final state change)
+                if finished:
+                    return
+                self.cond.wait(timeout=0.5)
 
 
 class JobControl:

@@ -51,10 +51,14 @@ DEFAULT_HP: dict[str, Any] = {
     "completion_only_loss": True,
     "device": "auto",
     "gradient_checkpointing": False,
+    "optimizer": "adamw",
+    "packing": False,
+    "attn_implementation": None,
 }
 
 _SCHEDULERS = ("linear", "cosine", "constant")
 _DTYPES = ("float32", "bfloat16", "float16", "auto")
+_OPTIMIZERS = ("adamw", "adamw_8bit", "sgd")
 # How many batches' worth of examples are sorted together when bucketing by length.
 _BUCKET_BATCHES = 50
 # final_train_loss is the mean loss of this many last optimizer steps.
@@ -181,17 +185,46 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int) -
 
 # --- hyperparameters ----------------------------------------------------------------------
 def resolve_hp(hp: dict | None) -> dict[str, Any]:
-    """Defaults filled in and values checked (ValueError naming the key)."""
+    """Defaults filled in and values checked (InvalidArgument naming ``hyperparameters.<key>``).
+
+    None, "" and missing mean "default". Integers may arrive as strings (protobuf's JSON form of
+    int64 fields) and floats with integral values; both are accepted.
+    """
+    from tunesmith.core.errors import InvalidArgument
+
     out = dict(DEFAULT_HP)
     for k, v in (hp or {}).items():
-        if v is not None:
+        if v is not None and v != "":
             out[k] = v
+
+    def bad(key: str, message: str) -> InvalidArgument:
+        return InvalidArgument(f"{message}, got {out[key]!r}", field=f"hyperparameters.{key}")
 
     def _int(key: str, lo: int) -> None:
         v = out[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < lo:
-            raise ValueError(f"hp.{key} must be an integer >= {lo}, got {v!r}")
-        out[key] = int(v)
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            f = float(v)
+            if f != int(f):
+                raise ValueError
+        except (TypeError, ValueError, OverflowError):
+            raise bad(key, "must be an integer") from None
+        if int(f) < lo:
+            raise bad(key, f"must be >= {lo}")
+        out[key] = int(f)
+
+    def _float(key: str, lo: float, hi: float | None = None, lo_open: bool = False) -> None:
+        v = out[key]
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            f = float(v)
+        except (TypeError, ValueError):
+            raise bad(key, "must be a number") from None
+        if f < lo or (lo_open and f == lo) or (hi is not None and f > hi) or f != f:
+            raise bad(key, f"must be in {'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}]")
+        out[key] = f
 
     for key, lo in (("epochs", 1), ("max_steps", 0), ("batch_size", 1), ("gradient_accumulation_steps", 1),
                     ("seed", 0), ("max_seq_length", 2), ("log_every_steps", 1), ("eval_every_steps", 0),
@@ -199,18 +232,18 @@ def resolve_hp(hp: dict | None) -> dict[str, Any]:
         _int(key, lo)
     if out["warmup_steps"] is not None:
         _int("warmup_steps", 0)
-    for key in ("learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm"):
-        if isinstance(out[key], bool) or not isinstance(out[key], (int, float)) or out[key] < 0:
-            raise ValueError(f"hp.{key} must be a number >= 0, got {out[key]!r}")
-        out[key] = float(out[key])
-    if out["learning_rate"] <= 0:
-        raise ValueError("hp.learning_rate must be > 0")
-    if out["warmup_ratio"] > 1:
-        raise ValueError("hp.warmup_ratio must be in [0, 1]")
+    _float("learning_rate", 0.0, lo_open=True)
+    _float("warmup_ratio", 0.0, 1.0)
+    _float("weight_decay", 0.0)
+    _float("max_grad_norm", 0.0)
     if out["lr_scheduler"] not in _SCHEDULERS:
-        raise ValueError(f"hp.lr_scheduler must be one of {', '.join(_SCHEDULERS)}, got {out['lr_scheduler']!r}")
+        raise bad("lr_scheduler", f"must be one of {', '.join(_SCHEDULERS)}")
     if out["dtype"] not in _DTYPES:
-        raise ValueError(f"hp.dtype must be one of {', '.join(_DTYPES)}, got {out['dtype']!r}")
+        raise bad("dtype", f"must be one of {', '.join(_DTYPES)}")
+    if out["optimizer"] not in _OPTIMIZERS:
+        raise bad("optimizer", f"must be one of {', '.join(_OPTIMIZERS)}")
+    for key in ("completion_only_loss", "gradient_checkpointing", "packing"):
+        out[key] = bool(out[key])
     return out
 
 
@@ -258,6 +291,25 @@ def _peak_memory_bytes(device: str) -> int:
         return int(torch.cuda.max_memory_allocated())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss) if os.uname().sysname == "Darwin" else int(rss) * 1024
+
+
+def _make_optimizer(params: list, h: dict) -> Any:
+    """AdamW (fused, else foreach, else plain), bitsandbytes' 8-bit AdamW, or SGD."""
+    import torch
+
+    kwargs: dict[str, Any] = {"lr": h["learning_rate"], "weight_decay": h["weight_decay"]}
+    if h["optimizer"] == "sgd":
+        return torch.optim.SGD(params, **kwargs)
+    if h["optimizer"] == "adamw_8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    for flag in ("fused", "foreach"):
+        try:
+            return torch.optim.AdamW(params, **kwargs, **{flag: True})
+        except (RuntimeError, TypeError, ValueError):
+            continue
+    return torch.optim.AdamW(params, **kwargs)
 
 
 # --- the loss -----------------------------------------------------------------------------
@@ -340,6 +392,8 @@ def train_sft(*, model_path: str, train_rows: list[dict], validation_rows: list[
         tokenizer.pad_token = tokenizer.eos_token
     dtype = _torch_dtype(h["dtype"], device)
     load_kwargs = dict(method.load_kwargs(method_options, device) or {})
+    if h["attn_implementation"] and "attn_implementation" not in load_kwargs:
+        load_kwargs["attn_implementation"] = h["attn_implementation"]
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, **load_kwargs)
     if "device_map" not in load_kwargs and not getattr(model, "is_quantized", False):
         model.to(device)
@@ -371,16 +425,7 @@ def train_sft(*, model_path: str, train_rows: list[dict], validation_rows: list[
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     warmup = h["warmup_steps"] if h["warmup_steps"] is not None else math.ceil(h["warmup_ratio"] * total_steps)
 
-    opt_kwargs: dict[str, Any] = {"lr": h["learning_rate"], "weight_decay": h["weight_decay"]}
-    optimizer = None
-    for flag in ("fused", "foreach"):
-        try:
-            optimizer = torch.optim.AdamW(params, **opt_kwargs, **{flag: True})
-            break
-        except (RuntimeError, TypeError, ValueError):
-            continue
-    if optimizer is None:
-        optimizer = torch.optim.AdamW(params, **opt_kwargs)
+    optimizer = _make_optimizer(params, h)
     loss_fn = _LossComputer(model)
     pad_id = tokenizer.pad_token_id
 
@@ -427,6 +472,8 @@ def train_sft(*, model_path: str, train_rows: list[dict], validation_rows: list[
         patience = h["early_stopping_patience"]
         return patience > 0 and evals_without_improvement >= patience
 
+    if h["packing"]:
+        log("packing is not implemented; rows are grouped by length into batches instead")
     log(f"training {total_steps} steps ({n_epochs} epoch(s), {steps_per_epoch} steps each, "
         f"batch {bs} x {ga} accumulation), warmup {warmup} steps")
     done = False
