@@ -1,6 +1,6 @@
 """Training throughput: Tunesmith's SFT loop against transformers Trainer + peft, same work.
 
-    python bench/bench_sft_cpu.py MODEL_DIR [--rows 500] [--batch-size 8] [--rank 16]
+    python bench/bench_sft_cpu.py MODEL_DIR [--rows 500] [--batch-size 8] [--rank 16] [--device cpu]
 
 MODEL_DIR is a local Hugging Face causal-LM folder (e.g. SmolLM2-135M converted to safetensors).
 Both runs train LoRA (r=16, alpha=32, all linear layers, no dropout) for one epoch in float32 on
@@ -78,7 +78,8 @@ def run_ours(a: argparse.Namespace) -> dict:
         r = train_sft(model_path=a.model, train_rows=make_rows(a.rows), validation_rows=None,
                       method=LoraMethod(), method_options={"rank": a.rank, "alpha": 2 * a.rank},
                       hp={"epochs": 1, "batch_size": a.batch_size, "learning_rate": 2e-4, "seed": 0,
-                          "max_seq_length": 512, "dtype": "float32", "log_every_steps": 10**9},
+                          "max_seq_length": 512, "dtype": "float32", "log_every_steps": 10**9,
+                          "device": a.device},
                       output_dir=Path(tmp))
     return {"tokens_per_second": r["tokens_per_second"], "train_seconds": r["train_seconds"],
             "train_tokens": r["train_tokens"], "steps": r["steps"], "first_loss": r["first_train_loss"],
@@ -100,6 +101,8 @@ def run_hf(a: argparse.Namespace) -> dict:
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
+    if a.device != "cpu":
+        model.to(a.device)
     model = LoraMethod().apply(model, {"rank": a.rank, "alpha": 2 * a.rank})
     encoded = encode_rows(tok, make_rows(a.rows), 512)
     data = [{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels}
@@ -109,7 +112,7 @@ def run_hf(a: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=a.batch_size, num_train_epochs=1,
                                  learning_rate=2e-4, lr_scheduler_type="linear", warmup_steps=0, seed=0,
-                                 logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+                                 logging_steps=1, save_strategy="no", report_to="none", use_cpu=a.device == "cpu",
                                  remove_unused_columns=False, disable_tqdm=True)
         trainer = Trainer(model=model, args=args, train_dataset=data,
                           data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
@@ -119,7 +122,8 @@ def run_hf(a: argparse.Namespace) -> dict:
     return {"tokens_per_second": tokens / secs, "train_seconds": secs, "train_tokens": tokens,
             "steps": trainer.state.global_step, "first_loss": losses[0] if losses else None,
             "final_loss": sum(losses[-5:]) / len(losses[-5:]) if losses else None,
-            "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "peak_memory_bytes": (torch.cuda.max_memory_allocated() if a.device != "cpu"
+                                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}
 
 
 def main() -> None:
@@ -128,6 +132,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--only", choices=["ours", "hf"], help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.only:
@@ -139,7 +144,7 @@ def main() -> None:
     for which in ("ours", "hf"):
         t0 = time.perf_counter()
         cmd = [sys.executable, __file__, a.model, "--rows", str(a.rows), "--batch-size", str(a.batch_size),
-               "--rank", str(a.rank), "--only", which]
+               "--rank", str(a.rank), "--device", a.device, "--only", which]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
@@ -150,11 +155,11 @@ def main() -> None:
         print(f"{'tunesmith loop' if which == 'ours' else 'HF Trainer+peft':16s} "
               f"{r['tokens_per_second']:8.1f} tokens/s  {r['train_tokens']} tokens in {r['train_seconds']:.1f}s, "
               f"{r['steps']} steps, loss {r['first_loss']:.3f} -> {r['final_loss']:.3f}, "
-              f"peak RSS {r['peak_memory_bytes'] / 2**20:.0f} MiB  (wall {time.perf_counter() - t0:.0f}s)",
+              f"peak mem {r['peak_memory_bytes'] / 2**20:.0f} MiB  (wall {time.perf_counter() - t0:.0f}s)",
               flush=True)
     ratio = results["ours"]["tokens_per_second"] / results["hf"]["tokens_per_second"]
     print(f"speed-up: {ratio:.2f}x  (rows={a.rows}, batch={a.batch_size}, LoRA r={a.rank} all-linear, float32, "
-          f"{os.cpu_count()} CPUs)")
+          f"{a.device}, {len(os.sched_getaffinity(0))} CPUs)")
 
 
 if __name__ == "__main__":

@@ -49,8 +49,12 @@ def _ensure_services(console: Console, storage: str | None):
     if all(wait_healthy(a, s, 1.0) for s, a in addresses.items()):
         console.step("using the services already running on " + ", ".join(addresses.values()))
         return None, addresses
-    console.step("starting the four services on localhost (data, trainer, evaluator, inference)")
-    cluster = LocalCluster(storage=storage).start(timeout=180)
+    from tunesmith.core.storage import default_root
+
+    log_dir = Path(storage or default_root()) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    console.step(f"starting the four services on localhost (logs in {log_dir})")
+    cluster = LocalCluster(storage=storage, log_dir=str(log_dir)).start(timeout=180)
     return cluster, cluster.addresses
 
 

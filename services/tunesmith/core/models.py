@@ -351,6 +351,11 @@ class ModelStore:
             return None
         return self._entry_from_record(self.storage.read_json(key))
 
+    def is_stored(self, name: str) -> bool:
+        """True if `name` is in the store with its artifact present (no import is triggered)."""
+        entry = self._read_record(name)
+        return entry is not None and self._present(entry)
+
     def _present(self, entry: ModelEntry) -> bool:
         return (self._artifact_folder(entry.artifact.sha256) / MANIFEST).is_file()
 

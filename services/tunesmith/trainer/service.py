@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
 import time
 
@@ -79,7 +80,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def _validate(self, record: trainer_pb2.TrainingJob, control: JobControl) -> None:
         spec = record.spec
         control.log(f"resolving base model {spec.base_model!r}")
-        self.rt.models.get(spec.base_model)  # may import the bundled model on first use
+        self._ensure_model(spec.base_model, control)
         ds = self.rt.datasets.get(spec.dataset_id, field="spec.dataset_id")
         splits = {s.name: s.rows for s in ds.splits}
         for field, name in (("spec.train_split", spec.train_split), ("spec.validation_split", spec.validation_split)):
@@ -87,6 +88,20 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 raise JobFailed("invalid_split", f"dataset {ds.id} has no split {name!r} (splits: {', '.join(splits)})", field)
         if not splits.get(spec.train_split):
             raise JobFailed("empty_dataset", f"split {spec.train_split!r} of dataset {ds.id} has no rows", "spec.train_split")
+
+    def _ensure_model(self, name: str, control: JobControl) -> None:
+        """NotFound for an unknown model. The bundled model's one-time import runs in a child
+        process, so this service never loads torch and stays small."""
+        from tunesmith.core.models import BUNDLED_NAME
+
+        if name == BUNDLED_NAME and not self.rt.models.is_stored(name):
+            control.log("importing the bundled base model (one time, about 30 s)")
+            done = subprocess.run([sys.executable, "-m", "tunesmith.cli.main", "models", "import-bundled",
+                                   "--storage", str(self.rt.storage.root)], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise JobFailed("model_import_failed", f"importing {name} failed: {done.stderr[-800:]}",
+                                "spec.base_model")
+        self.rt.models.get(name)
 
     def _execute(self, record: trainer_pb2.TrainingJob, control: JobControl) -> None:
         spec, job_id = record.spec, record.job.id
