@@ -1,6 +1,6 @@
 """Training throughput: Tunesmith's SFT loop against transformers Trainer + peft, same work.
 
-    python bench/bench_sft_cpu.py MODEL_DIR [--rows 500] [--batch-size 8] [--rank 16] [--device cpu]
+    python bench/bench_sft_cpu.py MODEL_DIR [--rows 500] [--batch-size 8] [--rank 16] [--device cpu] [--threads N]
 
 MODEL_DIR is a local Hugging Face causal-LM folder (e.g. SmolLM2-135M converted to safetensors).
 Both runs train LoRA (r=16, alpha=32, all linear layers, no dropout) for one epoch in float32 on
@@ -10,6 +10,10 @@ batch size, learning rate (2e-4, linear decay) and seed. Each run is a fresh sub
 
 tokens/s = non-padding tokens processed / training seconds (the Trainer's own train_runtime
 for the baseline). Prints one line per run, then the ratio.
+
+Threads: by default the Tunesmith loop calibrates its CPU thread count (it drops to fewer threads
+when another process is busy on a small machine) while the Trainer uses torch's default;
+--threads N fixes both to N for a like-for-like comparison of the loops alone.
 """
 from __future__ import annotations
 
@@ -74,16 +78,18 @@ def run_ours(a: argparse.Namespace) -> dict:
     from tunesmith.trainer.sft import train_sft
     from tunesmith_builtin.peft_lora import LoraMethod
 
+    events: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        r = train_sft(model_path=a.model, train_rows=make_rows(a.rows), validation_rows=None,
+        r = train_sft(on_event=events.append, model_path=a.model, train_rows=make_rows(a.rows), validation_rows=None,
                       method=LoraMethod(), method_options={"rank": a.rank, "alpha": 2 * a.rank},
                       hp={"epochs": 1, "batch_size": a.batch_size, "learning_rate": 2e-4, "seed": 0,
                           "max_seq_length": 512, "dtype": "float32", "log_every_steps": 10**9,
-                          "device": a.device},
+                          "device": a.device, "num_threads": a.threads},
                       output_dir=Path(tmp))
     return {"tokens_per_second": r["tokens_per_second"], "train_seconds": r["train_seconds"],
             "train_tokens": r["train_tokens"], "steps": r["steps"], "first_loss": r["first_train_loss"],
-            "final_loss": r["final_train_loss"], "peak_memory_bytes": r["peak_memory_bytes"]}
+            "final_loss": r["final_train_loss"], "peak_memory_bytes": r["peak_memory_bytes"],
+            "threads": [e["message"] for e in events if e["type"] == "log" and "CPU threads" in e["message"]]}
 
 
 def run_hf(a: argparse.Namespace) -> dict:
@@ -97,6 +103,8 @@ def run_hf(a: argparse.Namespace) -> dict:
     from tunesmith_builtin.peft_lora import LoraMethod
 
     torch.manual_seed(0)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     tok = AutoTokenizer.from_pretrained(a.model)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -123,7 +131,8 @@ def run_hf(a: argparse.Namespace) -> dict:
             "steps": trainer.state.global_step, "first_loss": losses[0] if losses else None,
             "final_loss": sum(losses[-5:]) / len(losses[-5:]) if losses else None,
             "peak_memory_bytes": (torch.cuda.max_memory_allocated() if a.device != "cpu"
-                                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}
+                                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
+            "threads": [f"torch default: {torch.get_num_threads()} threads"]}
 
 
 def main() -> None:
@@ -133,6 +142,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--threads", type=int, default=0,
+                   help="fix the CPU thread count for both runs (default: ours calibrates, HF uses torch's default)")
     p.add_argument("--only", choices=["ours", "hf"], help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.only:
@@ -144,7 +155,7 @@ def main() -> None:
     for which in ("ours", "hf"):
         t0 = time.perf_counter()
         cmd = [sys.executable, __file__, a.model, "--rows", str(a.rows), "--batch-size", str(a.batch_size),
-               "--rank", str(a.rank), "--device", a.device, "--only", which]
+               "--rank", str(a.rank), "--device", a.device, "--threads", str(a.threads), "--only", which]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
@@ -157,6 +168,8 @@ def main() -> None:
               f"{r['steps']} steps, loss {r['first_loss']:.3f} -> {r['final_loss']:.3f}, "
               f"peak mem {r['peak_memory_bytes'] / 2**20:.0f} MiB  (wall {time.perf_counter() - t0:.0f}s)",
               flush=True)
+        for note in r.get("threads", []):
+            print(f"    threads: {note}")
     ratio = results["ours"]["tokens_per_second"] / results["hf"]["tokens_per_second"]
     print(f"speed-up: {ratio:.2f}x  (rows={a.rows}, batch={a.batch_size}, LoRA r={a.rank} all-linear, float32, "
           f"{a.device}, {len(os.sched_getaffinity(0))} CPUs)")

@@ -309,6 +309,9 @@ class TransformersModel:
         eos_at = next((i for i, t in enumerate(new_ids) if t in self.eos_ids), -1)
         if eos_at >= 0:
             n = eos_at + 1  # count the eos token, as vLLM does
+        elif self.pad_id is not None:  # a row stopped by a stop string is padded to the batch's end
+            while n > 0 and new_ids[n - 1] == self.pad_id:
+                n -= 1
         text = self.tokenizer.decode(new_ids[:eos_at if eos_at >= 0 else n], skip_special_tokens=True)
         text, stopped = cut_at_stop(text, stops)
         if stopped or eos_at >= 0:

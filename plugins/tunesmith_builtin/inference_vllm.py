@@ -8,9 +8,16 @@ How it runs:
 - AsyncLLM runs the engine core in a child process. On CPU vLLM forces the `spawn` start method,
   so the program that loads a model must guard its entry point (`if __name__ == "__main__":`,
   or be started with `python -m`); a gRPC server is fine since nothing is forked.
-- CPU defaults, each set only when the variable is not set already: VLLM_CPU_KVCACHE_SPACE=1
-  (GiB of KV cache), VLLM_NO_USAGE_STATS=1. dtype defaults to float32 on CPU (bfloat16 gives
-  wrong text for SmolLM2 on these CPUs), to vLLM's "auto" on GPU.
+- Environment defaults, each set only when the variable is not set already: VLLM_NO_USAGE_STATS=1
+  and DO_NOT_TRACK=1 everywhere; on CPU also VLLM_CPU_KVCACHE_SPACE=1 (GiB of KV cache) and
+  VLLM_USE_AOT_COMPILE=0 (see CPU_ENV_DEFAULTS). VLLM_ENABLE_V1_MULTIPROCESSING is left alone:
+  AsyncLLM starts its engine-core process either way, and =0 only swaps the CPU worker to the
+  uniprocess executor, which vLLM calls unsupported on CPU and which ran 5x slower here.
+- dtype defaults to float32 on CPU (bfloat16 gives wrong text for SmolLM2 on these CPUs), to
+  vLLM's "auto" on GPU. max_model_len defaults to 2048 (less if the model has fewer positions).
+- enable_adapters=True starts the engine with LoRA support (enable_lora). On CPU that costs:
+  the engine runs eagerly and base-model throughput roughly halves, so enable it only for
+  models that will serve adapters.
 - Prompts are tokenized here with the folder's transformers tokenizer (chat template for chats),
   the same way as the transformers backend, and sent to the engine as token ids.
 
@@ -22,6 +29,7 @@ import asyncio
 import importlib.metadata as md
 import importlib.util
 import itertools
+import json
 import os
 import queue
 import threading
@@ -40,7 +48,10 @@ from tunesmith_builtin.inference_transformers import (
 )
 
 DEFAULT_MAX_MODEL_LEN = 2048
-CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+# VLLM_USE_AOT_COMPILE=0: vllm-cpu 0.32 cannot load its own AOT compile cache ("'function' object
+# has no attribute 'finalize_loading'") and recompiles on every start (~90 s for SmolLM2 on 2
+# cores); with AOT off, torch's inductor cache works and later starts take ~45 s.
+CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_USE_AOT_COMPILE": "0"}
 ENV_DEFAULTS = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 _FINISH = {"stop": "stop", "length": "length", "abort": "cancelled"}
 _END = object()
@@ -54,6 +65,17 @@ def _vllm_dist() -> tuple[str, str] | None:
         except md.PackageNotFoundError:
             continue
     return None
+
+
+def _default_max_len(model_path: str) -> int:
+    """DEFAULT_MAX_MODEL_LEN, or less when the model's config allows fewer positions."""
+    try:
+        with open(os.path.join(model_path, "config.json"), encoding="utf-8") as f:
+            cfg = json.load(f)
+        limit = int(cfg.get("max_position_embeddings") or cfg.get("text_config", {}).get("max_position_embeddings") or 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        limit = 0
+    return min(DEFAULT_MAX_MODEL_LEN, limit) if limit > 0 else DEFAULT_MAX_MODEL_LEN
 
 
 def _is_cpu_build() -> bool:
@@ -72,7 +94,7 @@ class VllmModel:
 
     def __init__(self, model_path: str, *, dtype: str = "", max_model_len: int = 0,
                  enable_adapters: bool = False, max_loras: int = 4, max_lora_rank: int = 64,
-                 max_num_seqs: int = 64):
+                 max_num_seqs: int = 64, enforce_eager: bool | None = None):
         if not os.path.isdir(model_path):
             raise NotFound(f"model folder {model_path!r} does not exist", field="model_path")
         self.model_path = model_path
@@ -84,22 +106,21 @@ class VllmModel:
         if name == "":
             name = "float32" if self.device == "cpu" else "auto"
         self.dtype = name
-        self.max_model_len = int(max_model_len) or DEFAULT_MAX_MODEL_LEN
+        self.max_model_len = int(max_model_len) or _default_max_len(model_path)
         self.note = "float32 by default on CPU: bfloat16 gives wrong text there" if (
             self.device == "cpu" and not dtype) else ""
         self.tokenizer = load_tokenizer(model_path)
 
         self._adapters: dict[str, Any] = {}  # name -> LoRARequest
         self._lora_ids = itertools.count(1)
-        self._tasks: set[asyncio.Future] = set()
+        self._tasks: set[asyncio.Task] = set()  # running request tasks; touched on the loop thread only
         self._state_lock = threading.Lock()
         self._closed = False
         self._engine: Any = None
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run_loop, name="tunesmith-vllm-loop", daemon=True)
-        self._thread.start()
-
-        from vllm.engine.arg_utils import AsyncEngineArgs
+        try:
+            from vllm.engine.arg_utils import AsyncEngineArgs
+        except Exception as exc:  # e.g. torchvision built for another torch: "torchvision::nms does not exist"
+            raise Unavailable(f"vLLM is installed but cannot be imported: {exc}") from exc
 
         args = AsyncEngineArgs(
             model=model_path,
@@ -113,7 +134,11 @@ class VllmModel:
             disable_log_stats=True,
             enable_log_requests=False,
             seed=0,
+            **({} if enforce_eager is None else {"enforce_eager": enforce_eager}),
         )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="tunesmith-vllm-loop", daemon=True)
+        self._thread.start()
         try:
             self._engine = self._call(self._start(args))
         except Exception as exc:
@@ -148,13 +173,14 @@ class VllmModel:
             raise Unavailable(f"the vLLM engine has died: {self._engine.dead_error}")
 
     # -- requests --------------------------------------------------------------------------------
-    def _params(self, sampling: Sampling, delta: bool) -> Any:
+    def _params(self, sampling: Sampling, delta: bool, n_prompt: int) -> Any:
+        """SamplingParams for one prompt; max_tokens is clipped to what max_model_len leaves."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         greedy = sampling.temperature == 0
         return SamplingParams(
-            max_tokens=sampling.max_new_tokens,
+            max_tokens=min(sampling.max_new_tokens, self.max_model_len - n_prompt),
             temperature=0.0 if greedy else sampling.temperature,
             top_p=1.0 if greedy else sampling.top_p,
             top_k=0 if greedy else sampling.top_k,
@@ -188,10 +214,25 @@ class VllmModel:
             raise NotFound(f"no adapter named {adapter!r} is loaded (loaded: {known})", field="adapter")
         return req
 
-    def _track(self, fut: asyncio.Future) -> None:
-        with self._state_lock:
-            self._tasks.add(fut)
-        fut.add_done_callback(lambda f: self._tasks.discard(f))
+    async def _tracked(self, coro: Any) -> Any:
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        try:
+            return await coro
+        finally:
+            self._tasks.discard(task)
+
+    def _submit(self, coro: Any) -> Any:
+        """Start a request coroutine on the loop; a concurrent.futures.Future for its result."""
+        try:
+            self._check_open()
+            return asyncio.run_coroutine_threadsafe(self._tracked(coro), self._loop)
+        except RuntimeError as exc:  # the loop closed under us
+            coro.close()
+            raise FailedPrecondition("the model has been closed") from exc
+        except BaseException:
+            coro.close()
+            raise
 
     async def _one(self, engine_input: Any, params: Any, lora: Any) -> Any:
         final = None
@@ -216,17 +257,18 @@ class VllmModel:
         self._check_open()
         inputs = [self._engine_input(p) for p in prompts]
         lora = self._lora(adapter)
-        params = self._params(sampling, delta=False)
 
         async def run_all() -> list[Any]:
-            return await asyncio.gather(*(self._one(inp, params, lora) for inp, _ in inputs))
+            return await asyncio.gather(*(self._one(inp, self._params(sampling, False, n), lora)
+                                          for inp, n in inputs))
 
-        fut = asyncio.run_coroutine_threadsafe(run_all(), self._loop)
-        self._track(fut)
+        fut = self._submit(run_all())
         try:
             outs = fut.result()
         except BaseException as exc:
             fut.cancel()  # an interrupted caller aborts its requests
+            if self._closed:
+                raise FailedPrecondition("the model was unloaded while generating") from exc
             mapped = self._error(exc)
             if mapped is exc:
                 raise
@@ -247,7 +289,7 @@ class VllmModel:
         self._check_open()
         engine_input, n_prompt = self._engine_input(prompt)
         lora = self._lora(adapter)
-        params = self._params(sampling, delta=True)
+        params = self._params(sampling, True, n_prompt)
         return TextStream(lambda handle: self._stream(handle, engine_input, n_prompt, params, lora))
 
     def _stream(self, handle: TextStream, engine_input: Any, n_prompt: int, params: Any,
@@ -265,14 +307,18 @@ class VllmModel:
             finally:
                 q.put(_END)
 
-        fut = asyncio.run_coroutine_threadsafe(pump(), self._loop)
-        self._track(fut)
+        fut = self._submit(pump())
         text: list[str] = []
         n_tokens = 0
         reason = "cancelled"
         try:
             while True:
-                item = q.get()
+                try:
+                    item = q.get(timeout=1.0)
+                except queue.Empty:
+                    if fut.done() and q.empty():  # cancelled before the pump could say so
+                        break
+                    continue
                 if item is _END:
                     break
                 if isinstance(item, BaseException):
@@ -338,13 +384,14 @@ class VllmModel:
             if self._closed:
                 return
             self._closed = True
-            tasks = list(self._tasks)
-        for fut in tasks:
-            fut.cancel()
         engine, self._engine = self._engine, None
         if engine is not None and self._loop.is_running():
             async def shutdown() -> None:
-                await asyncio.sleep(0)  # let cancelled requests run their abort handlers
+                tasks = [t for t in self._tasks if not t.done()]
+                for task in tasks:  # each running request aborts itself in the engine
+                    task.cancel()
+                if tasks:
+                    await asyncio.wait(tasks, timeout=10)
                 engine.shutdown()
 
             try:
@@ -368,10 +415,15 @@ class VllmModel:
 class VllmBackend:
     name = "vllm"
 
-    def __init__(self, max_loras: int = 4, max_lora_rank: int = 64, max_num_seqs: int = 64):
+    def __init__(self, max_loras: int = 4, max_lora_rank: int = 64, max_num_seqs: int = 64,
+                 enforce_eager: bool | None = None):
+        """max_loras: adapters in one batch; max_lora_rank: largest adapter rank (1, 8, 16, 32, 64,
+        128, ...); max_num_seqs: requests decoded together; enforce_eager: True skips torch.compile
+        (CPU: start ~28 s instead of ~45 s, about 10% fewer tok/s), None leaves vLLM's default."""
         self.max_loras = max_loras
         self.max_lora_rank = max_lora_rank
         self.max_num_seqs = max_num_seqs
+        self.enforce_eager = enforce_eager
 
     def available(self) -> tuple[bool, str]:
         if importlib.util.find_spec("vllm") is None:
@@ -383,7 +435,7 @@ class VllmBackend:
              enable_adapters: bool = False) -> VllmModel:
         return VllmModel(model_path, dtype=dtype, max_model_len=max_model_len, enable_adapters=enable_adapters,
                          max_loras=self.max_loras, max_lora_rank=self.max_lora_rank,
-                         max_num_seqs=self.max_num_seqs)
+                         max_num_seqs=self.max_num_seqs, enforce_eager=self.enforce_eager)
 
 
 @hookimpl

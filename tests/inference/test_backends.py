@@ -73,7 +73,8 @@ def test_importing_and_probing_the_plugins_stays_light():
 def tiny(varied_model_dir):
     from tunesmith_builtin.inference_transformers import TransformersBackend
 
-    model = TransformersBackend(max_batch_size=4).load(varied_model_dir)
+    # float32 everywhere (the default on CPU; on a GPU bfloat16 would be), so exact comparisons hold
+    model = TransformersBackend(max_batch_size=4).load(varied_model_dir, dtype="float32")
     yield model
     model.close()
 
@@ -83,10 +84,22 @@ def _one_by_one(model, prompts, sampling):
 
 
 @needs_torch
-def test_tiny_model_loads_float32_with_left_padding(tiny):
+def test_tiny_model_loads_float32_with_left_padding(tiny, varied_model_dir):
     assert tiny.backend == "transformers"
     assert tiny.dtype == "float32" and str(next(tiny.model.parameters()).dtype) == "torch.float32"
     assert tiny.tokenizer.padding_side == "left" and tiny.tokenizer.pad_token_id is not None
+    if tiny.device == "cpu":  # the default dtype on CPU is float32 too
+        from tunesmith_builtin.inference_transformers import TransformersBackend
+
+        default = TransformersBackend().load(varied_model_dir)
+        try:
+            assert default.dtype == "float32"
+        finally:
+            default.close()
+    with pytest.raises(InvalidArgument):
+        from tunesmith_builtin.inference_transformers import TransformersBackend
+
+        TransformersBackend().load(varied_model_dir, dtype="float8")
 
 
 @needs_torch
@@ -210,6 +223,7 @@ def test_bad_requests_are_invalid_argument(tiny):
 
 @needs_torch
 def test_transformers_adapters(varied_model_dir, tmp_path):
+    pytest.importorskip("peft")
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -225,7 +239,7 @@ def test_transformers_adapters(varied_model_dir, tmp_path):
     sampling = Sampling(max_new_tokens=12)
 
     backend = TransformersBackend()
-    plain = backend.load(varied_model_dir)
+    plain = backend.load(varied_model_dir, dtype="float32")
     try:
         with pytest.raises(FailedPrecondition, match="enable_adapters"):
             plain.load_adapter("a", str(adapter_dir))
@@ -233,7 +247,7 @@ def test_transformers_adapters(varied_model_dir, tmp_path):
     finally:
         plain.close()
 
-    model = backend.load(varied_model_dir, enable_adapters=True)
+    model = backend.load(varied_model_dir, dtype="float32", enable_adapters=True)
     try:
         model.load_adapter("rnd", str(adapter_dir))
         assert model.adapters() == ["rnd"]
@@ -261,6 +275,7 @@ vllm_marks = [pytest.mark.vllm, pytest.mark.integration,
 @pytest.fixture(scope="module")
 def smol_lora_dir(bundled_model_dir, tmp_path_factory):
     """A random (init_lora_weights=False) LoRA on the bundled model: it changes greedy output."""
+    pytest.importorskip("peft")
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -373,3 +388,52 @@ def test_vllm_lora_adapter(smol_vllm, smol_lora_dir):
         smol_vllm.unload_adapter("rnd")
     with pytest.raises(NotFound):
         smol_vllm.generate(prompts, sampling, adapter="rnd")
+
+
+def _live_children() -> set[int]:
+    """Pids of this process's children that are still running (not zombies)."""
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == os.getpid() and fields[0] != "Z":
+                out.add(int(entry))
+    return out
+
+
+@_vllm
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to list child processes")
+def test_vllm_close_cancels_requests_and_stops_the_engine(smol_vllm):
+    """Runs last in this module: it closes the shared engine (the fixture's close is idempotent)."""
+    with pytest.raises(InvalidArgument):
+        smol_vllm.generate(["word " * 1100], Sampling())  # longer than max_model_len=1024
+    before = _live_children()
+    story = [{"role": "user", "content": "Write a very long story about a dragon."}]
+    stream = smol_vllm.stream(story, Sampling(max_new_tokens=600))
+    assert next(stream)
+    outcome: dict[str, object] = {}
+
+    def long_generate():
+        try:
+            outcome["result"] = smol_vllm.generate([story, story], Sampling(max_new_tokens=600))
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=long_generate)
+    worker.start()
+    time.sleep(1.0)
+    smol_vllm.close()
+    worker.join(60)
+    assert not worker.is_alive()
+    assert isinstance(outcome.get("error"), FailedPrecondition), outcome
+    list(stream)
+    assert stream.generation is not None and stream.generation.finish_reason == "cancelled"
+    with pytest.raises(FailedPrecondition):
+        smol_vllm.generate([CHAT], Sampling(max_new_tokens=4))
+    assert not [t for t in threading.enumerate() if t.name == "tunesmith-vllm-loop"]
+    gone = before - _live_children()
+    assert gone, "the engine's processes should have exited"

@@ -4,12 +4,16 @@ import importlib.util
 import pytest
 
 from tunesmith.api.inference.v1 import inference_pb2
+from tunesmith.api.trainer.v1 import trainer_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm,
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")]
 
 
 def test_vllm_serves_the_bundled_model_and_streams(cluster, bundled_model_dir):
+    # Reuse the session's one-time import instead of converting the GGUF again.
+    cluster.trainer.RegisterModel(trainer_pb2.RegisterModelRequest(
+        name="smollm2-135m-instruct", path=str(bundled_model_dir)), timeout=300)
     served = cluster.inference.LoadModel(inference_pb2.LoadModelRequest(
         name="smol", model="smollm2-135m-instruct", backend="vllm"), timeout=600)
     assert served.backend == "vllm"

@@ -11,7 +11,7 @@ from tunesmith.core.errors import InvalidArgument  # noqa: E402
 from .conftest import make_rows  # noqa: E402
 
 from tunesmith.trainer.sft import (  # noqa: E402
-    IGNORE_INDEX, TrainingCancelled, _LossComputer, collate, encode_rows, length_grouped_batches, lr_factor,
+    IGNORE_INDEX, TrainingCancelled, _LossComputer, _ThreadTuner, collate, encode_rows, length_grouped_batches, lr_factor,
     resolve_hp, train_sft)
 from tunesmith_builtin.peft_lora import LoraMethod  # noqa: E402
 
@@ -88,6 +88,24 @@ def test_lr_schedules():
     # protobuf's JSON form sends int64 as strings; "" and None mean the default
     hp = resolve_hp({"max_steps": "12", "seed": "3", "lr_scheduler": "", "dtype": None, "learning_rate": 1e-3})
     assert hp["max_steps"] == 12 and hp["seed"] == 3 and hp["lr_scheduler"] == "linear" and hp["dtype"] == "float32"
+
+
+def test_thread_tuner_fixed_and_auto():
+    before = torch.get_num_threads()
+    try:
+        logs: list[str] = []
+        _ThreadTuner(1, logs.append).tune(0.0)
+        assert torch.get_num_threads() == 1 and logs == []
+        tuner = _ThreadTuner(0, logs.append)
+        tuner.tune(0.0)
+        assert tuner.current in tuner.candidates() and torch.get_num_threads() == tuner.current
+        assert tuner.max in tuner.candidates() and 1 in tuner.candidates()
+        if tuner.max > 1:
+            assert len(logs) == 1 and "CPU threads" in logs[0]
+            tuner.tune(1.0)  # too soon to check again
+            assert len(logs) == 1 and tuner.last_check == 0.0
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_fast_loss_on_left_padded_batch_equals_the_models_own_loss(sft_model_dir, sft_tokenizer):

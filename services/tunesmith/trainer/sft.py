@@ -13,7 +13,12 @@ waste dominate. This loop is built for throughput:
   projection (``logits_to_keep``) only for the last few positions that carry labels: on a small
   model the LM head is ~20% of the compute per token, and it is skipped for prompt tokens;
 - AdamW (fused/foreach where available) over the trainable parameters only, no KV cache, no
-  gradient checkpointing, ``torch.set_num_threads`` = the CPUs this process may use.
+  gradient checkpointing;
+- CPU threads: by default the CPUs this process may use, but on a small shared machine another
+  busy process makes every multi-threaded op wait at its barriers (measured here: 2 threads ran
+  6x slower than 1 while another process held one of the 2 cores). So unless
+  ``hp["num_threads"]`` fixes the count, a ~0.1 s matmul calibration picks the thread count
+  at the start and again every ``_THREAD_RECHECK_SECONDS`` of training.
 
 Loss: token-level mean cross-entropy over the label tokens of each optimizer step (all
 micro-batches of a gradient-accumulation group are normalised by the group's label count).
@@ -50,6 +55,7 @@ DEFAULT_HP: dict[str, Any] = {
     "early_stopping_patience": 0,
     "completion_only_loss": True,
     "device": "auto",
+    "num_threads": 0,  # 0 = auto (calibrated, see the module docstring)
     "gradient_checkpointing": False,
     "optimizer": "adamw",
     "packing": False,
@@ -228,7 +234,7 @@ def resolve_hp(hp: dict | None) -> dict[str, Any]:
 
     for key, lo in (("epochs", 1), ("max_steps", 0), ("batch_size", 1), ("gradient_accumulation_steps", 1),
                     ("seed", 0), ("max_seq_length", 2), ("log_every_steps", 1), ("eval_every_steps", 0),
-                    ("early_stopping_patience", 0)):
+                    ("early_stopping_patience", 0), ("num_threads", 0)):
         _int(key, lo)
     if out["warmup_steps"] is not None:
         _int("warmup_steps", 0)
@@ -282,6 +288,69 @@ def _cpu_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+_THREAD_RECHECK_SECONDS = 20.0
+
+
+class _ThreadTuner:
+    """Chooses torch's CPU thread count: fixed when asked, else the fastest of a few candidates
+    on a small matmul, preferring the most threads unless fewer are clearly (>15%) faster."""
+
+    def __init__(self, fixed: int, log: Callable[[str], None]):
+        self.max = _cpu_threads()
+        self.fixed = fixed
+        self.log = log
+        self.current = 0
+        self.last_check = -math.inf
+
+    def candidates(self) -> list[int]:
+        return sorted({self.max, max(1, self.max // 2), 1}, reverse=True)
+
+    def _time(self, threads: int) -> float:
+        import torch
+
+        torch.set_num_threads(threads)
+        a, b = self._a, self._b
+        a @ b
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            a @ b
+            a @ b
+            times.append(time.perf_counter() - t)
+        return sorted(times)[1]
+
+    def tune(self, now: float) -> None:
+        import torch
+
+        if self.fixed:
+            if self.current != self.fixed:
+                torch.set_num_threads(self.fixed)
+                self.current = self.fixed
+            return
+        if self.max == 1:
+            if self.current != 1:
+                torch.set_num_threads(1)
+                self.current = 1
+            return
+        if now - self.last_check < _THREAD_RECHECK_SECONDS:
+            return
+        self.last_check = now
+        if not hasattr(self, "_a"):
+            gen = torch.Generator().manual_seed(0)
+            self._a = torch.randn(256, 1024, generator=gen)
+            self._b = torch.randn(1024, 1024, generator=gen)
+        timings = {n: self._time(n) for n in self.candidates()}
+        best = self.max
+        for n, t in timings.items():  # most threads first
+            if t < timings[best] * 0.85:
+                best = n
+        torch.set_num_threads(best)
+        if best != self.current:
+            detail = ", ".join(f"{n}: {t * 1e3:.1f} ms" for n, t in sorted(timings.items()))
+            self.log(f"using {best} of {self.max} CPU threads (matmul calibration {detail})")
+        self.current = best
 
 
 def _peak_memory_bytes(device: str) -> int:
@@ -362,28 +431,36 @@ def train_sft(*, model_path: str, train_rows: list[dict], validation_rows: list[
 
     Emits progress/metrics/log events through `on_event`, checks `should_stop` before every
     optimizer step (raising TrainingCancelled), and saves the adapter in peft's format (plus the
-    tokenizer) to ``output_dir/"adapter"``. Returns the summary dict documented in the module
-    README: adapter_dir, train_seconds, train_tokens (non-padding tokens), tokens_per_second,
-    first_train_loss (loss of step 1), final_train_loss (mean loss of the last
-    ``_FINAL_LOSS_WINDOW`` optimizer steps), best_validation_loss (None without validation
-    rows), steps, trainable_parameters, total_parameters, peak_memory_bytes, stopped_early,
-    truncated_rows.
+    tokenizer) to ``output_dir/"adapter"``. Returns a dict: adapter_dir, train_seconds (optimizer
+    steps only: no loading, evaluation or saving), train_tokens (non-padding tokens),
+    tokens_per_second (their ratio), first_train_loss (loss of step 1), final_train_loss (mean
+    loss of the last ``_FINAL_LOSS_WINDOW`` optimizer steps), best_validation_loss (None without
+    validation rows), steps, trainable_parameters, total_parameters, peak_memory_bytes (CPU: the
+    process's max RSS; CUDA: torch's max allocated), stopped_early, truncated_rows (training and
+    validation rows cut to max_seq_length).
+
+    ``hp`` keys (all optional): see DEFAULT_HP. Unknown keys are ignored; bad values raise
+    InvalidArgument naming ``hyperparameters.<key>``.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tunesmith.core.errors import InvalidArgument
+
     h = resolve_hp(hp)
     if not train_rows:
-        raise ValueError("train_rows is empty")
+        raise InvalidArgument("no training rows", field="train_rows")
     output_dir = Path(output_dir)
     device = _resolve_device(str(h["device"]))
-    if device == "cpu":
-        torch.set_num_threads(_cpu_threads())
     random.seed(h["seed"])
     torch.manual_seed(h["seed"])
 
     def log(message: str) -> None:
         on_event({"type": "log", "level": "info", "message": message})
+
+    threads = _ThreadTuner(h["num_threads"], log) if device == "cpu" else None
+    if threads is not None:
+        threads.tune(0.0)
 
     # -- model and data --
     t_load = time.perf_counter()
@@ -488,6 +565,8 @@ def train_sft(*, model_path: str, train_rows: list[dict], validation_rows: list[
                 log(f"cancelled at step {step}")
                 raise TrainingCancelled(step)
             t0 = time.perf_counter()
+            if threads is not None:
+                threads.tune(train_seconds)
             collated = [collate([train_ex[i] for i in b], pad_id) for b in group]
             n_labels = sum(int((c["labels"][:, 1:] != IGNORE_INDEX).sum()) for c in collated)
             lr = h["learning_rate"] * lr_factor(step, total_steps, warmup, h["lr_scheduler"])
