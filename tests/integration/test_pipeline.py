@@ -117,9 +117,10 @@ def test_fine_tune_end_to_end(cluster, tmp_path, tiny_registered):
     sampling = inference_pb2.SamplingParams(max_new_tokens=5)
     whole = cluster.inference.Generate(inference_pb2.GenerateRequest(model="tuned", prompts=[prompt], sampling=sampling),
                                        timeout=60).completions[0].text
-    streamed = "".join(c.delta for c in cluster.inference.GenerateStream(
+    chunks = list(cluster.inference.GenerateStream(
         inference_pb2.GenerateRequest(model="tuned", prompts=[prompt], sampling=sampling), timeout=60))
-    assert streamed == whole
+    assert "".join(c.delta for c in chunks) == whole
+    assert chunks[-1].finish_reason in ("stop", "length") and chunks[-1].completion_tokens <= 5
     cluster.inference.UnloadModel(inference_pb2.UnloadModelRequest(name="tuned"), timeout=30)
 
 

@@ -174,7 +174,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     return
                 count += 1
                 yield inference_pb2.GenerateChunk(delta=delta, completion_tokens=count)
-            yield inference_pb2.GenerateChunk(finish_reason="stop", completion_tokens=count)
+            # Once exhausted, the backend's stream knows the real token count and why it ended.
+            final = getattr(stream, "generation", None)
+            yield inference_pb2.GenerateChunk(
+                finish_reason=final.finish_reason if final else "stop",
+                completion_tokens=final.completion_tokens if final else count)
         finally:
             stream.close()  # a cancelled call stops generation
 
