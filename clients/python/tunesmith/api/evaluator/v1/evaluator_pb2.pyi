@@ -35,7 +35,7 @@ class GenerationConfig(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., batch_size: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class EvaluationSpec(_message.Message):
-    __slots__ = ("dataset_id", "split", "max_rows", "benchmarks", "models", "generation", "backend", "baseline", "regression_tolerance", "keep_samples", "options")
+    __slots__ = ("dataset_id", "split", "max_rows", "benchmarks", "models", "generation", "backend", "baseline", "regression_tolerance", "keep_samples", "options", "judge", "error_analysis", "html_report")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,9 @@ class EvaluationSpec(_message.Message):
     REGRESSION_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     KEEP_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_ANALYSIS_FIELD_NUMBER: _ClassVar[int]
+    HTML_REPORT_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     split: str
     max_rows: int
@@ -58,7 +61,38 @@ class EvaluationSpec(_message.Message):
     regression_tolerance: float
     keep_samples: int
     options: _struct_pb2.Struct
-    def __init__(self, dataset_id: _Optional[str] = ..., split: _Optional[str] = ..., max_rows: _Optional[int] = ..., benchmarks: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[ModelUnderTest, _Mapping]]] = ..., generation: _Optional[_Union[GenerationConfig, _Mapping]] = ..., backend: _Optional[str] = ..., baseline: _Optional[str] = ..., regression_tolerance: _Optional[float] = ..., keep_samples: _Optional[int] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    judge: JudgeConfig
+    error_analysis: bool
+    html_report: bool
+    def __init__(self, dataset_id: _Optional[str] = ..., split: _Optional[str] = ..., max_rows: _Optional[int] = ..., benchmarks: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[ModelUnderTest, _Mapping]]] = ..., generation: _Optional[_Union[GenerationConfig, _Mapping]] = ..., backend: _Optional[str] = ..., baseline: _Optional[str] = ..., regression_tolerance: _Optional[float] = ..., keep_samples: _Optional[int] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., judge: _Optional[_Union[JudgeConfig, _Mapping]] = ..., error_analysis: _Optional[bool] = ..., html_report: _Optional[bool] = ...) -> None: ...
+
+class JudgeConfig(_message.Message):
+    __slots__ = ("model", "rubric", "swap_positions", "elo_initial", "elo_k")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RUBRIC_FIELD_NUMBER: _ClassVar[int]
+    SWAP_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    ELO_INITIAL_FIELD_NUMBER: _ClassVar[int]
+    ELO_K_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    rubric: str
+    swap_positions: bool
+    elo_initial: float
+    elo_k: float
+    def __init__(self, model: _Optional[str] = ..., rubric: _Optional[str] = ..., swap_positions: _Optional[bool] = ..., elo_initial: _Optional[float] = ..., elo_k: _Optional[float] = ...) -> None: ...
+
+class EloRating(_message.Message):
+    __slots__ = ("label", "rating", "wins", "losses", "ties")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    WINS_FIELD_NUMBER: _ClassVar[int]
+    LOSSES_FIELD_NUMBER: _ClassVar[int]
+    TIES_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    rating: float
+    wins: int
+    losses: int
+    ties: int
+    def __init__(self, label: _Optional[str] = ..., rating: _Optional[float] = ..., wins: _Optional[int] = ..., losses: _Optional[int] = ..., ties: _Optional[int] = ...) -> None: ...
 
 class CreateEvaluationRequest(_message.Message):
     __slots__ = ("spec", "idempotency_key", "labels")
@@ -150,7 +184,7 @@ class Sample(_message.Message):
     def __init__(self, row: _Optional[int] = ..., prompt: _Optional[str] = ..., reference: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., correct: _Optional[_Mapping[str, bool]] = ...) -> None: ...
 
 class EvaluationReport(_message.Message):
-    __slots__ = ("scores", "comparisons", "samples", "rows", "regression_gate_passed", "error_analysis")
+    __slots__ = ("scores", "comparisons", "samples", "rows", "regression_gate_passed", "error_analysis", "elo", "html_report")
     class ErrorAnalysisEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -164,13 +198,17 @@ class EvaluationReport(_message.Message):
     ROWS_FIELD_NUMBER: _ClassVar[int]
     REGRESSION_GATE_PASSED_FIELD_NUMBER: _ClassVar[int]
     ERROR_ANALYSIS_FIELD_NUMBER: _ClassVar[int]
+    ELO_FIELD_NUMBER: _ClassVar[int]
+    HTML_REPORT_FIELD_NUMBER: _ClassVar[int]
     scores: _containers.RepeatedCompositeFieldContainer[ModelScore]
     comparisons: _containers.RepeatedCompositeFieldContainer[Comparison]
     samples: _containers.RepeatedCompositeFieldContainer[Sample]
     rows: int
     regression_gate_passed: bool
     error_analysis: _containers.MessageMap[str, _common_pb2.Metrics]
-    def __init__(self, scores: _Optional[_Iterable[_Union[ModelScore, _Mapping]]] = ..., comparisons: _Optional[_Iterable[_Union[Comparison, _Mapping]]] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., rows: _Optional[int] = ..., regression_gate_passed: _Optional[bool] = ..., error_analysis: _Optional[_Mapping[str, _common_pb2.Metrics]] = ...) -> None: ...
+    elo: _containers.RepeatedCompositeFieldContainer[EloRating]
+    html_report: _common_pb2.ArtifactRef
+    def __init__(self, scores: _Optional[_Iterable[_Union[ModelScore, _Mapping]]] = ..., comparisons: _Optional[_Iterable[_Union[Comparison, _Mapping]]] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., rows: _Optional[int] = ..., regression_gate_passed: _Optional[bool] = ..., error_analysis: _Optional[_Mapping[str, _common_pb2.Metrics]] = ..., elo: _Optional[_Iterable[_Union[EloRating, _Mapping]]] = ..., html_report: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
 
 class Evaluation(_message.Message):
     __slots__ = ("job", "spec", "report", "report_artifact")
