@@ -41,11 +41,12 @@ class Console:
         self.rich.print(f"   {text}")
 
 
-def _ensure_services(console: Console, storage: str | None):
+def _ensure_services(console: Console, storage: str | None, base_port: int = 0):
     from tunesmith.cli.servers import LocalCluster, wait_healthy
     from tunesmith.core.server import DEFAULT_PORTS
 
-    addresses = {s: f"localhost:{p}" for s, p in DEFAULT_PORTS.items()}
+    ports = {s: base_port + i for i, s in enumerate(DEFAULT_PORTS)} if base_port else dict(DEFAULT_PORTS)
+    addresses = {s: f"localhost:{p}" for s, p in ports.items()}
     if all(wait_healthy(a, s, 1.0) for s, a in addresses.items()):
         console.step("using the services already running on " + ", ".join(addresses.values()))
         return None, addresses
@@ -54,31 +55,24 @@ def _ensure_services(console: Console, storage: str | None):
     log_dir = Path(storage or default_root()) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     console.step(f"starting the four services on localhost (logs in {log_dir})")
-    cluster = LocalCluster(storage=storage, log_dir=str(log_dir)).start(timeout=180)
+    cluster = LocalCluster(ports=ports, storage=storage, log_dir=str(log_dir)).start(timeout=180)
     return cluster, cluster.addresses
 
 
 def run_demo(args) -> int:
-    import grpc
-
     from tunesmith.api.common.v1 import common_pb2
-    from tunesmith.api.data.v1 import data_pb2, data_pb2_grpc
-    from tunesmith.api.evaluator.v1 import evaluator_pb2, evaluator_pb2_grpc
-    from tunesmith.api.inference.v1 import inference_pb2, inference_pb2_grpc
-    from tunesmith.api.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+    from tunesmith.api.data.v1 import data_pb2
+    from tunesmith.api.evaluator.v1 import evaluator_pb2
+    from tunesmith.api.trainer.v1 import trainer_pb2
+    from tunesmith.client import Tunesmith
 
     t0 = time.perf_counter()
     console = Console(args.json)
     storage = args.storage or os.environ.get("TUNESMITH_HOME")
     examples = _examples_dir()
-    cluster, addresses = _ensure_services(console, storage)
+    cluster, addresses = _ensure_services(console, storage, args.base_port)
     try:
-        chans = {s: grpc.insecure_channel(a, options=[("grpc.max_receive_message_length", 64 << 20)])
-                 for s, a in addresses.items()}
-        data = data_pb2_grpc.DataServiceStub(chans["data"])
-        trainer = trainer_pb2_grpc.TrainerServiceStub(chans["trainer"])
-        evaluator = evaluator_pb2_grpc.EvaluatorServiceStub(chans["evaluator"])
-        inference = inference_pb2_grpc.InferenceServiceStub(chans["inference"])
+        ts = Tunesmith(**addresses)  # the SDK, exactly as a user's script would call the services
         intents = INTENTS[: args.intents]
 
         # 1. Data -------------------------------------------------------------------------
@@ -87,18 +81,16 @@ def run_demo(args) -> int:
         common = dict(schema=data_pb2.SCHEMA_CLASSIFICATION, column_mapping={"input": "text", "output": "category"},
                       template="classification", label_filter=intents)
         train_spec = data_pb2.DatasetSpec(name="banking77-train", max_train_rows=args.train_rows,
-                                          max_validation_rows=50,
+                                          max_validation_rows=max(args.train_rows // 10, 2),
                                           split=data_pb2.SplitSpec(validation_fraction=0.1, seed=7, stratify=True),
                                           **common)
         train_spec.template_options.update(options)
-        train = data.RegisterDataset(data_pb2.RegisterDatasetRequest(
-            source_uri=str(examples / "train.csv"), spec=train_spec), timeout=300).dataset
+        train = ts.data.register_dataset(str(examples / "train.csv"), train_spec).dataset
         test_spec = data_pb2.DatasetSpec(name="banking77-test", max_validation_rows=args.eval_rows,
                                          split=data_pb2.SplitSpec(validation_fraction=1.0, seed=7, stratify=True),
                                          **common)
         test_spec.template_options.update(options)
-        test = data.RegisterDataset(data_pb2.RegisterDatasetRequest(
-            source_uri=str(examples / "test.csv"), spec=test_spec), timeout=300).dataset
+        test = ts.data.register_dataset(str(examples / "test.csv"), test_spec).dataset
         rows = {(d.name, s.name): s.rows for d in (train, test) for s in d.splits}
         train_rows = rows[("banking77-train", "train")]
         eval_rows = rows[("banking77-test", "validation")]
@@ -107,15 +99,15 @@ def run_demo(args) -> int:
 
         # 2. Train ------------------------------------------------------------------------
         console.step("LoRA SFT (r=16, all linear layers, completion-only loss) on the trainer service")
-        job = trainer.CreateTrainingJob(trainer_pb2.CreateTrainingJobRequest(spec=trainer_pb2.TrainingJobSpec(
-            base_model=BASE_MODEL, dataset_id=train.id, train_split="train", validation_split="validation",
+        job = ts.trainer.create_job(trainer_pb2.TrainingJobSpec(
+            base_model=args.base_model, dataset_id=train.id, train_split="train", validation_split="validation",
             method=trainer_pb2.MethodSpec(name="lora", rank=16, alpha=32, target_modules=["all-linear"]),
             hyperparameters=trainer_pb2.Hyperparameters(epochs=args.epochs, batch_size=8, learning_rate=5e-4,
                                                         warmup_ratio=0.05, seed=7, max_seq_length=256),
-            merge=True)), timeout=60)
+            merge=True))
         job_id = job.job.id
-        _follow_training(console, trainer, job_id, args.json)
-        job = trainer.GetTrainingJob(common_pb2.GetJobRequest(job_id=job_id), timeout=30)
+        _follow_training(console, ts.trainer, job_id)
+        job = ts.trainer.get_job(job_id)
         if job.job.state != common_pb2.JOB_STATE_SUCCEEDED:
             console.rich.print(f"[red]training failed[/]: {job.job.error.code}: {job.job.error.message}")
             return 1
@@ -126,14 +118,14 @@ def run_demo(args) -> int:
 
         # 3. Evaluate ---------------------------------------------------------------------
         console.step(f"evaluating base vs tuned on {eval_rows} held-out rows (exact match, batched)")
-        ev = evaluator.CreateEvaluation(evaluator_pb2.CreateEvaluationRequest(spec=evaluator_pb2.EvaluationSpec(
+        ev = ts.evaluator.create_evaluation(evaluator_pb2.EvaluationSpec(
             dataset_id=test.id, split="validation", benchmarks=["exact_match"], baseline="base",
-            models=[evaluator_pb2.ModelUnderTest(label="base", model=BASE_MODEL),
+            models=[evaluator_pb2.ModelUnderTest(label="base", model=args.base_model),
                     evaluator_pb2.ModelUnderTest(label="tuned", model=result.merged_model.uri)],
             generation=evaluator_pb2.GenerationConfig(max_new_tokens=12, batch_size=50, stop=["\n"]),
-            keep_samples=eval_rows)), timeout=60)
-        _follow_evaluation(console, evaluator, ev.job.id, args.json)
-        ev = evaluator.GetEvaluation(common_pb2.GetJobRequest(job_id=ev.job.id), timeout=30)
+            keep_samples=eval_rows))
+        _follow_evaluation(console, ts.evaluator, ev.job.id)
+        ev = ts.evaluator.get_evaluation(ev.job.id)
         if ev.job.state != common_pb2.JOB_STATE_SUCCEEDED:
             console.rich.print(f"[red]evaluation failed[/]: {ev.job.error.message}")
             return 1
@@ -144,19 +136,17 @@ def run_demo(args) -> int:
         served_info = {}
         if not args.no_serve:
             console.step("serving the merged model with the inference service")
-            served = inference.LoadModel(inference_pb2.LoadModelRequest(
-                name="banking77-router", model=result.merged_model.uri), timeout=600)
+            served = ts.inference.load_model("banking77-router", result.merged_model.uri)
             console.info(f"backend: {served.backend} ({served.backend_reason})")
             sample = ev.report.samples[0]
             text = ""
-            for chunk in inference.GenerateStream(inference_pb2.GenerateRequest(
-                    model="banking77-router", prompts=[inference_pb2.Prompt(text=sample.prompt)],
-                    sampling=inference_pb2.SamplingParams(max_new_tokens=12, stop=["\n"])), timeout=300):
-                text += chunk.delta
+            for delta in ts.inference.stream("banking77-router", sample.prompt, max_new_tokens=12, stop=["\n"],
+                                             timeout=300):
+                text += delta
             console.info(f"streamed answer for {sample.prompt.splitlines()[1]!r}: {text.strip()!r}")
             served_info = {"backend": served.backend, "backend_reason": served.backend_reason,
                            "streamed_answer": text.strip()}
-            inference.UnloadModel(inference_pb2.UnloadModelRequest(name="banking77-router"), timeout=120)
+            ts.inference.unload_model("banking77-router", timeout=120)
 
         total = time.perf_counter() - t0
         samples = [{"message": s.prompt.split("Message: ", 1)[-1].rsplit("\nIntent:", 1)[0], "expected": s.reference,
@@ -182,6 +172,8 @@ def run_demo(args) -> int:
             _print_summary(console, summary)
         return 0
     finally:
+        if "ts" in locals():
+            ts.close()
         if cluster is not None:
             cluster.stop()
 
@@ -192,7 +184,7 @@ def _pick_samples(samples, n: int = 5):
     return (differing + [s for s in samples if s not in differing])[:n]
 
 
-def _follow_training(console: Console, trainer, job_id: str, quiet: bool) -> None:
+def _follow_training(console: Console, trainer, job_id: str) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from tunesmith.api.common.v1 import common_pb2
@@ -201,7 +193,7 @@ def _follow_training(console: Console, trainer, job_id: str, quiet: bool) -> Non
                   TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
                   TextColumn("ETA {task.fields[eta]}"), console=console.rich, transient=False) as bar:
         task = bar.add_task("train", total=None, loss="-", tps="-", eta="-")
-        for ev in trainer.StreamTrainingJobEvents(common_pb2.JobEventsRequest(job_id=job_id, follow=True)):
+        for ev in trainer.events(job_id):
             kind = ev.WhichOneof("payload")
             if kind == "progress" and ev.progress.phase == "train":
                 p = ev.progress
@@ -215,7 +207,7 @@ def _follow_training(console: Console, trainer, job_id: str, quiet: bool) -> Non
                 bar.console.print(f"   validation loss {ev.metrics.values.get('loss', 0):.4f}")
 
 
-def _follow_evaluation(console: Console, evaluator, eval_id: str, quiet: bool) -> None:
+def _follow_evaluation(console: Console, evaluator, eval_id: str) -> None:
     from rich.progress import BarColumn, Progress, TextColumn
 
     from tunesmith.api.common.v1 import common_pb2
@@ -223,7 +215,7 @@ def _follow_evaluation(console: Console, evaluator, eval_id: str, quiet: bool) -
     with Progress(TextColumn("   {task.fields[phase]}"), BarColumn(), TextColumn("{task.completed}/{task.total} rows"),
                   console=console.rich) as bar:
         task = bar.add_task("eval", total=None, phase="evaluating")
-        for ev in evaluator.WatchEvaluation(common_pb2.JobEventsRequest(job_id=eval_id, follow=True)):
+        for ev in evaluator.watch(eval_id):
             if ev.WhichOneof("payload") == "progress":
                 p = ev.progress
                 bar.update(task, total=p.total_steps, completed=p.step, phase=p.phase)

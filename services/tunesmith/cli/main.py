@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-rows", type=int, default=200)
     d.add_argument("--epochs", type=int, default=2)
     d.add_argument("--no-serve", action="store_true", help="skip serving the tuned model")
+    d.add_argument("--base-model", default="smollm2-135m-instruct", help="model-store name of the base model")
+    d.add_argument("--base-port", type=int, default=0, help="start services on base..base+3 (default 50051-50054)")
     d.set_defaults(func=cmd_demo)
     return p
 
