@@ -204,7 +204,8 @@ def _follow_training(console: Console, trainer, job_id: str) -> None:
                 bar.console.print(f"   job {job_id}: {state}" +
                                   (f" ({ev.state_change.error.message})" if ev.state_change.error.message else ""))
             elif kind == "metrics" and ev.metrics.name == "validation":
-                bar.console.print(f"   validation loss {ev.metrics.values.get('loss', 0):.4f}")
+                bar.console.print(f"   validation loss {ev.metrics.values.get('loss', 0):.4f} "
+                                  f"at step {int(ev.metrics.values.get('step', 0))}")
 
 
 def _follow_evaluation(console: Console, evaluator, eval_id: str) -> None:
