@@ -1,6 +1,6 @@
 """Shared storage: one layer every service uses to read and write artifacts and records.
 
-Layout under the root (TUNESMITH_HOME, default ~/.tunesmith, or any fsspec-style URI whose
+Layout under the root (TUNESMITH_HOME, default ~/.tunesmith, or any URI whose
 scheme has a storage-backend plugin):
 
     artifacts/<kind>/<sha256>/...   immutable, content-addressed folders with a MANIFEST.json

@@ -86,7 +86,7 @@ class DataClient(BaseClient):
     def register_dataset(
         self, source_uri: str, spec: DatasetSpecLike = None, *, timeout: float | None = LONG_TIMEOUT
     ) -> data_pb2.RegisterDatasetResponse:
-        """Prepare a file the service can read itself (fsspec URI or a path on its side)."""
+        """Prepare a file the data service can read itself (a path or file:// URI on its side)."""
         request = data_pb2.RegisterDatasetRequest(
             source_uri=source_uri, spec=coerce(spec, data_pb2.DatasetSpec, "spec")
         )
