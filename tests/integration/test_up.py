@@ -78,6 +78,22 @@ def test_each_service_is_healthy_reflects_and_reports_plugins(up, index, service
     assert "exact_match" in st.registered["benchmarks"].names
 
 
+def test_status_command_lists_every_service(up):
+    """`tunesmith status` (through the SDK) against the four servers `up` started."""
+    import json
+
+    base = up[0]
+    done = subprocess.run([sys.executable, "-m", "tunesmith.cli.main", "status", "--base-port", str(base)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert set(report) == set(SERVICE_NAMES)
+    assert all("tunesmith_builtin.peft_lora" in {p["name"] for p in r["plugins"]} for r in report.values())
+    missing = subprocess.run([sys.executable, "-m", "tunesmith.cli.main", "status", "--base-port", "1"],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "error" in json.loads(missing.stdout)["data"]
+
+
 def test_sigterm_stops_everything(up):
     base, _, proc = up
     proc.send_signal(signal.SIGTERM)

@@ -49,29 +49,23 @@ def cmd_up(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from tunesmith.client import connect  # noqa: F401 - SDK import, no torch
-    import grpc
-    from google.protobuf import json_format
+    """Each service's GetStatus through the SDK, as JSON; an unreachable one says so."""
+    from dataclasses import asdict
 
-    from tunesmith.api.common.v1 import common_pb2
-    from tunesmith.api.data.v1 import data_pb2_grpc
-    from tunesmith.api.evaluator.v1 import evaluator_pb2_grpc
-    from tunesmith.api.inference.v1 import inference_pb2_grpc
-    from tunesmith.api.trainer.v1 import trainer_pb2_grpc
+    from tunesmith.client import Tunesmith, TunesmithClientError
 
-    stubs = {"data": data_pb2_grpc.DataServiceStub, "trainer": trainer_pb2_grpc.TrainerServiceStub,
-             "evaluator": evaluator_pb2_grpc.EvaluatorServiceStub, "inference": inference_pb2_grpc.InferenceServiceStub}
     out = {}
-    for service in ([args.service] if args.service else SERVICE_NAMES):
-        address = f"{args.host}:{DEFAULT_PORTS[service]}"
-        with grpc.insecure_channel(address) as ch:
+    ports = {s: args.base_port + i for i, s in enumerate(SERVICE_NAMES)} if args.base_port else DEFAULT_PORTS
+    with Tunesmith(**{s: f"{args.host}:{p}" for s, p in ports.items()}, retries=0) as ts:
+        for service, client in ts.clients.items():
+            if args.service and service != args.service:
+                continue
             try:
-                st = stubs[service](ch).GetStatus(common_pb2.GetStatusRequest(), timeout=10)
-                out[service] = json_format.MessageToDict(st, preserving_proto_field_name=True)
-            except grpc.RpcError as exc:
-                out[service] = {"error": f"{exc.code().name}: {exc.details()}", "address": address}
+                out[service] = asdict(client.status(timeout=10))
+            except TunesmithClientError as exc:
+                out[service] = {"error": str(exc)}
     print(json.dumps(out, indent=2))
-    return 0
+    return 0 if all("error" not in v for v in out.values()) else 1
 
 
 def cmd_models(args) -> int:
@@ -117,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show each service's status and plugins")
     st.add_argument("service", nargs="?", choices=list(SERVICE_NAMES))
     st.add_argument("--host", default="localhost")
+    st.add_argument("--base-port", type=int, default=0, help="services on base..base+3 (default 50051-50054)")
     st.set_defaults(func=cmd_status)
 
     m = sub.add_parser("models", help="the model store")
