@@ -136,11 +136,13 @@ def test_cancel_a_finished_job_is_a_failed_precondition(cluster):
 
 def test_unknown_ids_are_not_found(cluster):
     for call, req in [(cluster.trainer.GetTrainingJob, S.GetJobRequest(job_id="train-nope")),
+                      (cluster.trainer.GetTrainingJob, S.GetJobRequest(job_id="..")),
+                      (cluster.data.GetDataset, data_pb2.GetDatasetRequest(dataset_id="../records/x")),
                       (cluster.data.GetDataset, data_pb2.GetDatasetRequest(dataset_id="ds-nope")),
                       (cluster.evaluator.GetEvaluation, S.GetJobRequest(job_id="evalu-nope"))]:
         with pytest.raises(grpc.RpcError) as err:
             call(req, timeout=10)
-        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND, req
 
 
 def test_bad_hyperparameter_is_invalid_argument_naming_the_field(cluster, tiny_registered, tmp_path):
@@ -151,3 +153,24 @@ def test_bad_hyperparameter_is_invalid_argument_naming_the_field(cluster, tiny_r
             hyperparameters=trainer_pb2.Hyperparameters(learning_rate=5))), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith("hyperparameters.learning_rate:")
+
+
+def test_unknown_method_is_invalid_argument_naming_the_request_field(cluster, tiny_registered, tmp_path):
+    ds = upload(cluster.data, write_csv(tmp_path / "m.csv", banking_rows(INTENTS, 3)), classification_spec()).dataset
+    with pytest.raises(grpc.RpcError) as err:
+        cluster.trainer.CreateTrainingJob(trainer_pb2.CreateTrainingJobRequest(spec=trainer_pb2.TrainingJobSpec(
+            base_model="tiny", dataset_id=ds.id, method=trainer_pb2.MethodSpec(name="lorax"))), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("spec.method.name:") and "lora" in err.value.details()
+
+
+def test_upload_with_an_unusable_filename_is_rejected(cluster, tmp_path):
+    path = write_csv(tmp_path / "ok.csv", banking_rows(INTENTS, 2))
+    for bad in ("..", "MANIFEST.json"):
+        def messages(name=bad):
+            yield data_pb2.UploadDatasetRequest(header=data_pb2.UploadHeader(filename=name, spec=classification_spec()))
+            yield data_pb2.UploadDatasetRequest(chunk=path.read_bytes())
+        with pytest.raises(grpc.RpcError) as err:
+            cluster.data.UploadDataset(messages(), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("header.filename:")

@@ -137,16 +137,18 @@ def run_demo(args) -> int:
         if not args.no_serve:
             console.step("serving the merged model with the inference service")
             served = ts.inference.load_model("banking77-router", result.merged_model.uri)
-            console.info(f"backend: {served.backend} ({served.backend_reason})")
-            sample = ev.report.samples[0]
-            text = ""
-            for delta in ts.inference.stream("banking77-router", sample.prompt, max_new_tokens=12, stop=["\n"],
-                                             timeout=300):
-                text += delta
+            try:
+                console.info(f"backend: {served.backend} ({served.backend_reason})")
+                sample = ev.report.samples[0]
+                text = ""
+                for delta in ts.inference.stream("banking77-router", sample.prompt, max_new_tokens=12,
+                                                 stop=["\n"], timeout=300):
+                    text += delta
+            finally:
+                ts.inference.unload_model("banking77-router", timeout=120)
             console.info(f"streamed answer for {sample.prompt.splitlines()[1]!r}: {text.strip()!r}")
             served_info = {"backend": served.backend, "backend_reason": served.backend_reason,
                            "streamed_answer": text.strip()}
-            ts.inference.unload_model("banking77-router", timeout=120)
 
         total = time.perf_counter() - t0
         samples = [{"message": s.prompt.split("Message: ", 1)[-1].rsplit("\nIntent:", 1)[0], "expected": s.reference,

@@ -20,6 +20,8 @@ def cmd_serve(args) -> int:
     logs.configure(args.service)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     runtime = Runtime.create(args.storage)
+    # Staging left by writers killed mid-write (never visible as artifacts); 6 h spares live ones.
+    runtime.storage.clean_staging(older_than_seconds=6 * 3600)
     running = start_service(args.service, runtime, port=args.port, host=args.host, grace=args.grace)
     print(f"{args.service} listening on {args.host}:{running.port}", file=sys.stderr, flush=True)
     serve_forever(running)

@@ -68,6 +68,7 @@ class LocalCluster:
         self.storage = storage
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
+        self._logs: list = []
 
     @property
     def addresses(self) -> dict[str, str]:
@@ -79,8 +80,12 @@ class LocalCluster:
             env["TUNESMITH_HOME"] = self.storage
         for service, port in self.ports.items():
             out = open(os.path.join(self.log_dir, f"{service}.log"), "ab") if self.log_dir else subprocess.DEVNULL
+            if self.log_dir:
+                self._logs.append(out)
+            # The embedded default listens on loopback only: there is no authentication yet.
             self.procs[service] = subprocess.Popen(
-                [sys.executable, "-m", "tunesmith.cli.main", "serve", service, "--port", str(port)],
+                [sys.executable, "-m", "tunesmith.cli.main", "serve", service, "--port", str(port),
+                 "--host", "127.0.0.1"],
                 env=env, stdout=out, stderr=out if self.log_dir else None)
         for service in self.ports:
             if not wait_healthy(self.addresses[service], service, timeout):
@@ -101,6 +106,9 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
         self.procs.clear()
+        for f in self._logs:
+            f.close()
+        self._logs.clear()
 
     def __enter__(self) -> "LocalCluster":
         return self.start()

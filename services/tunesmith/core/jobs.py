@@ -47,9 +47,17 @@ class EventLog:
         self.events: list[common_pb2.JobEvent] = []
         self.cond = threading.Condition()
         if storage.exists(self.key):
-            for line in storage.read_bytes(self.key).decode().splitlines():
-                if line.strip():
+            raw = storage.read_bytes(self.key)
+            if raw and not raw.endswith(b"\n"):
+                storage.append_line(self.key, "")  # end a torn line so the next event starts afresh
+            for number, line in enumerate(raw.decode(errors="replace").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
                     self.events.append(json_format.Parse(line, common_pb2.JobEvent()))
+                except json_format.ParseError:
+                    # A torn last line (disk full, power loss) must not stop the service starting.
+                    log.warning("skipping unreadable event", extra={"job_id": job_id, "line": number})
 
     def append(self, **payload: Message) -> common_pb2.JobEvent:
         with self.cond:
@@ -139,7 +147,7 @@ class JobManager:
         self.logs: dict[str, EventLog] = {}
         self.controls: dict[str, JobControl] = {}
         self.by_key: dict[str, str] = {}
-        for rec in self.records.list():
+        for rec in self.records.list(skip_unreadable=True):
             if rec.job.idempotency_key:
                 self.by_key[rec.job.idempotency_key] = rec.job.id
             if rec.job.state not in TERMINAL:
@@ -161,11 +169,11 @@ class JobManager:
             record.job.idempotency_key = idempotency_key
             record.job.labels.update(labels or {})
             record.job.created_at.GetCurrentTime()
+            self.records.put(job_id, record)  # first: a key never points at a job that was not saved
             if idempotency_key:
                 self.by_key[idempotency_key] = job_id
             control = JobControl(self, record)
             self.controls[job_id] = control
-            self.records.put(job_id, record)
             self._event(record, state_change=common_pb2.StateChange(state=S.JOB_STATE_VALIDATING), save=False)
         threading.Thread(target=self._run, args=(control,), name=f"job-{job_id}", daemon=True).start()
         return self._copy(record)
@@ -194,7 +202,9 @@ class JobManager:
             raise FailedPrecondition(
                 f"job {job_id} is already {S.Name(record.job.state).removeprefix('JOB_STATE_')}; only an unfinished job can be cancelled",
                 field="job_id")
-        control = self.controls[job_id]
+        control = self.controls.get(job_id)
+        if control is None:
+            raise FailedPrecondition(f"job {job_id} is not run by this service instance", field="job_id")
         control.cancelled.set()
         if self.cancel_hook:
             self.cancel_hook(control.record, control)
@@ -280,4 +290,7 @@ class JobManager:
         finally:
             if acquired:
                 self.slots.release()
+            if record.job.state not in TERMINAL:  # recording the end itself failed (e.g. disk full)
+                record.job.state = S.JOB_STATE_FAILED
+                record.job.error.CopyFrom(common_pb2.JobError(code="internal", message="could not record the job's end"))
             self._log(record.job.id).notify()

@@ -18,7 +18,7 @@ from typing import Any
 import pluggy
 
 from tunesmith.core import hookspecs
-from tunesmith.core.errors import NotFound, PluginError
+from tunesmith.core.errors import InvalidArgument, NotFound, PluginError
 
 hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT)
 ENTRY_POINT_GROUP = "tunesmith"
@@ -138,6 +138,14 @@ class PluginRegistry:
             known = ", ".join(sorted(registry)) or "none"
             raise NotFound(f"no {kind[:-1].replace('_', ' ')} named {name!r} (known: {known})", field=kind)
         return registry[name]
+
+    def require(self, kind: str, name: str, field: str) -> Any:
+        """Like get(), for a name taken from a request: an unknown name is the caller's bad input
+        (InvalidArgument naming the request `field`), listing what exists."""
+        try:
+            return self.get(kind, name)
+        except NotFound as exc:
+            raise InvalidArgument(exc.message, field=field) from None
 
     def owner(self, kind: str, name: str) -> str:
         return self._owners[kind][name]

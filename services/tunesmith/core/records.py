@@ -1,6 +1,8 @@
 """Proto messages stored as JSON records in shared storage (datasets, jobs, evaluations)."""
 from __future__ import annotations
 
+import logging
+import re
 from typing import TypeVar
 
 from google.protobuf import json_format
@@ -10,6 +12,8 @@ from tunesmith.core.errors import NotFound
 from tunesmith.core.storage import Artifact, validate_key
 
 M = TypeVar("M", bound=Message)
+log = logging.getLogger("tunesmith.records")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def to_dict(msg: Message) -> dict:
@@ -33,16 +37,25 @@ class RecordStore:
         self.storage.write_json(self._key(record_id), to_dict(msg))
 
     def get(self, record_id: str, *, field: str = "id"):
-        if not record_id or "/" in record_id or not self.storage.exists(self._key(record_id)):
+        if not self.exists(record_id):
             raise NotFound(f"no {self.noun} with id {record_id!r}", field=field)
         return from_dict(self.storage.read_json(self._key(record_id)), self.cls)
 
     def exists(self, record_id: str) -> bool:
-        return bool(record_id) and "/" not in record_id and self.storage.exists(self._key(record_id))
+        return bool(_ID.match(record_id or "")) and ".." not in record_id and self.storage.exists(self._key(record_id))
 
-    def list(self) -> list:
-        return [from_dict(self.storage.read_json(k), self.cls)
-                for k in self.storage.list(f"records/{self.collection}") if k.endswith(".json")]
+    def list(self, *, skip_unreadable: bool = False) -> list:
+        out = []
+        for key in self.storage.list(f"records/{self.collection}"):
+            if not key.endswith(".json"):
+                continue
+            try:
+                out.append(from_dict(self.storage.read_json(key), self.cls))
+            except Exception:  # noqa: BLE001
+                if not skip_unreadable:
+                    raise
+                log.warning("skipping unreadable record", extra={"key": key})
+        return out
 
     def delete(self, record_id: str) -> None:
         self.storage.delete(self._key(record_id))

@@ -135,7 +135,7 @@ class RunningServer:
 
 
 def start_server(service: str, servicer: Any, add_to_server: Callable[[Any, grpc.Server], None], *,
-                 port: int = 0, host: str = "[::]", grace: float = 10.0, max_workers: int = 16,
+                 port: int = 0, host: str = "[::]", grace: float = 10.0, max_workers: int = 64,
                  on_stop: Callable[[], None] | None = None) -> RunningServer:
     """Start `servicer` as the `service` ("data", "trainer", ...) server on host:port (0 = any)."""
     full_name = SERVICE_NAMES[service]

@@ -171,8 +171,9 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             raise InvalidArgument("the first UploadDataset message must carry the header", field="header")
         header = first.header
         name = Path(header.filename).name
-        if not name:
-            raise InvalidArgument("header.filename is required (it names the format and errors)", field="header.filename")
+        if not name or name in (".", "..") or name == "MANIFEST.json" or name.startswith(".tmp"):
+            raise InvalidArgument(f"header.filename {header.filename!r} is not a usable file name (it names the "
+                                  "format and appears in errors, e.g. tickets.csv)", field="header.filename")
         digest, size = hashlib.sha256(), 0
         with self.rt.storage.staging_dir() as tmp:
             path = tmp / name

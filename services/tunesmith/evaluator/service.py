@@ -12,7 +12,7 @@ import time
 from tunesmith.api.common.v1 import common_pb2
 from tunesmith.api.evaluator.v1 import evaluator_pb2, evaluator_pb2_grpc
 from tunesmith.core.contracts import Sampling
-from tunesmith.core.errors import InvalidArgument
+from tunesmith.core.errors import InvalidArgument, NotFound
 from tunesmith.core.jobs import JobControl, JobFailed, JobManager
 from tunesmith.core.records import artifact_ref
 from tunesmith.core.runtime import Runtime
@@ -37,7 +37,10 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
         if spec.split not in {s.name for s in ds.splits}:
             raise JobFailed("invalid_split", f"dataset {ds.id} has no split {spec.split!r}", "spec.split")
         for i, m in enumerate(spec.models):
-            self.rt.models.local_path(m.model)
+            try:
+                self.rt.models.local_path(m.model)
+            except NotFound as exc:
+                raise JobFailed("unknown_model", exc.message, f"spec.models[{i}].model") from None
             if m.adapter.uri:
                 raise JobFailed("unsupported", "evaluating an adapter on top of a model is not supported yet; "
                                 "evaluate the merged model", f"spec.models[{i}].adapter")
@@ -112,7 +115,7 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
                 json.dumps({"row": r.get("source_row"), "prompt": p, "reference": ref,
                             **{label: outs[i] for label, outs in outputs.items()}}) + "\n"
                 for i, (r, p, ref) in enumerate(zip(rows, prompts, references))))
-            art = self.rt.storage.put_artifact("report", tmp / "report.json")
+            art = self.rt.storage.put_artifact("report", tmp)  # report.json + every row's outputs
         record.report_artifact.CopyFrom(control.output(art))
         control.save()
 
@@ -171,9 +174,9 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
         if not spec.benchmarks:
             spec.benchmarks.append("exact_match")
         for i, b in enumerate(spec.benchmarks):
-            self.rt.registry.get("benchmarks", b)
+            self.rt.registry.require("benchmarks", b, f"spec.benchmarks[{i}]")
         spec.backend = spec.backend or DEFAULT_BACKEND
-        self.rt.registry.get("inference_backends", spec.backend)
+        self.rt.registry.require("inference_backends", spec.backend, "spec.backend")
         spec.split = spec.split or "validation"
         if spec.baseline and spec.baseline not in labels:
             raise InvalidArgument(f"baseline {spec.baseline!r} is not one of the model labels {labels}", field="spec.baseline")

@@ -93,17 +93,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         with self.lock:
             if request.name in self.served:
                 raise AlreadyExists(f"a model is already served as {request.name!r}; unload it first", field="name")
-        path = self.rt.models.local_path(request.model)
+        try:
+            path = self.rt.models.local_path(request.model)
+            entry_artifact = (self.rt.storage.artifact(request.model) if request.model.startswith("file://")
+                              else self.rt.models.get(request.model).artifact)
+        except NotFound as exc:
+            raise NotFound(exc.message, field="model") from None
         backend, reason = self.choose_backend(request.backend or self.default_backend)
         log.info("loading model", extra={"model_name": request.name, "backend": backend.name, "reason": reason})
         loaded = backend.load(str(path), dtype=request.dtype, max_model_len=request.max_model_len,
                               enable_adapters=request.enable_adapters)
         served = inference_pb2.ServedModel(name=request.name, kind="model", backend=backend.name,
                                            backend_reason=reason, dtype=request.dtype or getattr(loaded, "dtype", ""))
-        if request.model.startswith("file://"):
-            served.artifact.CopyFrom(artifact_ref(self.rt.storage.artifact(request.model)))
-        else:
-            served.artifact.CopyFrom(artifact_ref(self.rt.models.get(request.model).artifact))
+        served.artifact.CopyFrom(artifact_ref(entry_artifact))
         with self.lock:
             if request.name in self.served:  # lost a race with another LoadModel
                 loaded.close()
@@ -113,7 +115,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     def UnloadModel(self, request, context):
         served, loaded = self._get(request.name, "name")
+        if served.kind == "adapter":
+            raise FailedPrecondition(f"{request.name!r} is an adapter; use UnloadAdapter", field="name")
         with self.lock:
+            adapters = sorted(n for n, (s, _) in self.served.items() if s.kind == "adapter" and s.base == request.name)
+            if adapters:
+                raise FailedPrecondition(f"adapters {adapters} are served on {request.name!r}; unload them first",
+                                         field="name")
             self.served.pop(request.name, None)
         loaded.close()
         return inference_pb2.UnloadModelResponse()
@@ -122,6 +130,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         base_served, loaded = self._get(request.base, "base")
         if not request.name:
             raise InvalidArgument("name is required", field="name")
+        if base_served.kind != "model":
+            raise FailedPrecondition(f"{request.base!r} is an adapter; adapters go on a model", field="base")
+        with self.lock:
+            if request.name in self.served:
+                raise AlreadyExists(f"something is already served as {request.name!r}", field="name")
         adapter_dir = self.rt.storage.local_path(request.adapter.uri)
         loaded.load_adapter(request.name, str(adapter_dir))
         served = inference_pb2.ServedModel(name=request.name, kind="adapter", base=request.base,

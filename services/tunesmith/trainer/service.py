@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import subprocess
 import sys
 import time
@@ -54,7 +55,9 @@ def check_hyperparameters(hp: trainer_pb2.Hyperparameters) -> None:
         (hp.max_steps < 0, "hyperparameters.max_steps", "must be >= 0"),
         (hp.batch_size < 0, "hyperparameters.batch_size", "must be >= 1"),
         (hp.gradient_accumulation_steps < 0, "hyperparameters.gradient_accumulation_steps", "must be >= 1"),
-        (hp.learning_rate < 0 or hp.learning_rate > 1, "hyperparameters.learning_rate", "must be in (0, 1]"),
+        (not math.isfinite(hp.learning_rate) or hp.learning_rate < 0 or hp.learning_rate > 1,
+         "hyperparameters.learning_rate", "must be in (0, 1]"),
+        (not math.isfinite(hp.weight_decay) or hp.weight_decay < 0, "hyperparameters.weight_decay", "must be >= 0"),
         (not 0 <= hp.warmup_ratio < 1, "hyperparameters.warmup_ratio", "must be in [0, 1)"),
         (hp.lr_scheduler not in ("", "linear", "cosine", "constant"), "hyperparameters.lr_scheduler",
          "must be linear, cosine or constant"),
@@ -101,7 +104,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             if done.returncode != 0:
                 raise JobFailed("model_import_failed", f"importing {name} failed: {done.stderr[-800:]}",
                                 "spec.base_model")
-        self.rt.models.get(name)
+        try:
+            self.rt.models.get(name)
+        except NotFound as exc:
+            raise JobFailed("unknown_model", exc.message, "spec.base_model") from None
 
     def _execute(self, record: trainer_pb2.TrainingJob, control: JobControl) -> None:
         spec, job_id = record.spec, record.job.id
@@ -126,15 +132,20 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         control.log(f"worker started by the {spec.executor!r} executor")
         events_path = storage.path(f"{base}/worker-events.jsonl")
         offset, code = 0, None
-        while True:
-            code = handle.poll()
-            offset = self._forward_events(events_path, offset, record, control)
-            if code is not None:
-                break
-            if control.cancelled.is_set():
+        try:
+            while True:
+                code = handle.poll()
+                offset = self._forward_events(events_path, offset, record, control)
+                if code is not None:
+                    break
+                if control.cancelled.is_set():
+                    handle.cancel()
+                time.sleep(0.2)
+            self._forward_events(events_path, offset, record, control)
+        finally:
+            if handle.poll() is None:  # we are failing for another reason: never leave a worker behind
                 handle.cancel()
-            time.sleep(0.2)
-        self._forward_events(events_path, offset, record, control)
+            self.handles.pop(job_id, None)
         if control.cancelled.is_set():
             raise JobCancelled()
         if code != 0:
@@ -158,7 +169,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         for line in complete.decode().splitlines():
             if not line.strip():
                 continue
-            event = json.loads(line)
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("skipping an unreadable worker event", extra={"job_id": record.job.id})
+                continue
             kind = event.pop("type", "")
             if kind == "progress":
                 control.progress(**{k: v for k, v in event.items() if k in PROGRESS_KEYS})
@@ -188,6 +203,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if handle is not None:
             handle.cancel()
 
+    def close(self) -> None:
+        """Stop every running worker (service shutdown): no training outlives its service."""
+        for handle in list(self.handles.values()):
+            handle.cancel()
+        for handle in list(self.handles.values()):
+            handle.wait(15)
+
     # -- RPCs ------------------------------------------------------------------------------
     def GetStatus(self, request, context):
         return service_status("trainer", self.rt.registry, {"storage": self.rt.storage.root_uri,
@@ -205,9 +227,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if spec.objective == trainer_pb2.OBJECTIVE_DPO:
             raise Unimplemented("DPO is on the roadmap (trainer in depth), not built yet")
         spec.method.name = spec.method.name or "lora"
-        self.rt.registry.get("peft_methods", spec.method.name)
+        self.rt.registry.require("peft_methods", spec.method.name, "spec.method.name")
         spec.executor = spec.executor or "local"
-        self.rt.registry.get("training_executors", spec.executor)
+        self.rt.registry.require("training_executors", spec.executor, "spec.executor")
         check_hyperparameters(spec.hyperparameters)
         spec.train_split = spec.train_split or "train"
         spec.validation_split = spec.validation_split or ""

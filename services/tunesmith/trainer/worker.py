@@ -32,6 +32,11 @@ def run(storage_root: str, job_id: str) -> int:
     base = f"jobs/{job_id}"
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    parent = os.getppid()
+
+    def should_stop() -> bool:
+        # Cancelled, or the service that started us is gone (then nobody would record our result).
+        return stop.is_set() or os.getppid() != parent
 
     def emit(event: dict) -> None:
         storage.append_line(f"{base}/worker-events.jsonl", json.dumps({"time": time.time(), **event}))
@@ -55,7 +60,7 @@ def run(storage_root: str, job_id: str) -> int:
             try:
                 result = train_sft(model_path=spec["model_path"], train_rows=train_rows, validation_rows=validation_rows,
                                    method=method, method_options=spec["method_options"], hp=spec["hyperparameters"],
-                                   output_dir=tmp, on_event=emit, should_stop=stop.is_set)
+                                   output_dir=tmp, on_event=emit, should_stop=should_stop)
             except TrainingCancelled:
                 emit({"type": "log", "level": "info", "message": "cancelled"})
                 return EXIT_CANCELLED
