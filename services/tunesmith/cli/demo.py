@@ -187,7 +187,7 @@ def _pick_samples(samples, n: int = 5):
 
 
 def _follow_training(console: Console, trainer, job_id: str) -> None:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TextColumn
 
     from tunesmith.api.common.v1 import common_pb2
 

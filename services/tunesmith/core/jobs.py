@@ -18,8 +18,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from tunesmith.api.common.v1 import common_pb2
-from tunesmith.core.errors import FailedPrecondition, InvalidArgument, TunesmithError
-from tunesmith.core.records import RecordStore, artifact_ref
+from tunesmith.core.errors import FailedPrecondition, TunesmithError
+from tunesmith.core.records import RecordStore, artifact_ref, paginate
 
 log = logging.getLogger("tunesmith.jobs")
 S = common_pb2.JobState
@@ -190,11 +190,7 @@ class JobManager:
                        key=lambda r: (r.job.created_at.seconds, r.job.created_at.nanos, r.job.id), reverse=True)
         if states:
             items = [r for r in items if r.job.state in states]
-        start = int(page_token) if page_token.isdigit() else 0
-        if page_size <= 0:
-            return items[start:], ""
-        end = start + page_size
-        return items[start:end], str(end) if end < len(items) else ""
+        return paginate(items, page_size, page_token)
 
     def cancel(self, job_id: str) -> Message:
         record = self.get(job_id)
@@ -280,8 +276,6 @@ class JobManager:
             self._finish(record, S.JOB_STATE_CANCELLED)
         except JobFailed as exc:
             self._finish(record, S.JOB_STATE_FAILED, common_pb2.JobError(code=exc.code, message=exc.message, field=exc.field))
-        except InvalidArgument as exc:
-            self._finish(record, S.JOB_STATE_FAILED, common_pb2.JobError(code=exc.code, message=str(exc), field=exc.field or ""))
         except TunesmithError as exc:
             self._finish(record, S.JOB_STATE_FAILED, common_pb2.JobError(code=exc.code, message=str(exc), field=exc.field or ""))
         except Exception as exc:  # noqa: BLE001 - a job's crash fails the job, not the service

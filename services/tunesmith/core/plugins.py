@@ -64,7 +64,7 @@ class PluginRegistry:
 
         candidates: list[tuple[str, str, str, Any]] = []  # (name, version, source, loader)
         for modname in builtins:
-            candidates.append((modname, _builtin_version(), "builtin", modname))
+            candidates.append((modname, tunesmith_version(), "builtin", modname))
         if entry_points:
             for ep in md.entry_points(group=ENTRY_POINT_GROUP):
                 version = ep.dist.version if ep.dist is not None else ""
@@ -160,7 +160,8 @@ class PluginRegistry:
         ]
 
 
-def _builtin_version() -> str:
+def tunesmith_version() -> str:
+    """The installed tunesmith distribution's version (built-in plugins share it)."""
     try:
         return md.version("tunesmith")
     except md.PackageNotFoundError:

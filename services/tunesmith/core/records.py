@@ -61,6 +61,15 @@ class RecordStore:
         self.storage.delete(self._key(record_id))
 
 
+def paginate(items: list, page_size: int, page_token: str) -> tuple[list, str]:
+    """One page of `items` and the token of the next ("" at the end); the token is an offset."""
+    start = int(page_token) if page_token.isdigit() else 0
+    if page_size <= 0:
+        return items[start:], ""
+    end = start + page_size
+    return items[start:end], str(end) if end < len(items) else ""
+
+
 def artifact_ref(a: Artifact):
     from tunesmith.api.common.v1 import common_pb2
 

@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 # Short service name -> fully qualified gRPC name, and the standard ports: defined once, in the SDK.
-from tunesmith.client.connection import DEFAULT_PORTS
+from tunesmith.client.connection import DEFAULT_PORTS  # noqa: F401 - re-exported for the CLI
 from tunesmith.client.connection import SERVICES as SERVICE_NAMES
 from tunesmith.core import errors
 

@@ -19,18 +19,12 @@ from google.protobuf import json_format
 from tunesmith.api.common.v1 import common_pb2
 from tunesmith.api.data.v1 import data_pb2, data_pb2_grpc
 from tunesmith.core.errors import InvalidArgument, NotFound, Unimplemented
-from tunesmith.core.records import artifact_ref
+from tunesmith.core.records import artifact_ref, paginate
 from tunesmith.core.runtime import Runtime
 from tunesmith.core.status import service_status
 
 log = logging.getLogger("tunesmith.data")
 
-FORMATS = {data_pb2.FILE_FORMAT_CSV: "csv", data_pb2.FILE_FORMAT_JSONL: "jsonl",
-           data_pb2.FILE_FORMAT_JSON: "json", data_pb2.FILE_FORMAT_PARQUET: "parquet"}
-SCHEMAS = {data_pb2.SCHEMA_UNSPECIFIED: "classification", data_pb2.SCHEMA_CLASSIFICATION: "classification",
-           data_pb2.SCHEMA_ALPACA: "alpaca", data_pb2.SCHEMA_CHAT: "chat",
-           data_pb2.SCHEMA_PROMPT_COMPLETION: "prompt_completion", data_pb2.SCHEMA_TEXT: "text",
-           data_pb2.SCHEMA_PREFERENCE: "preference"}
 MAX_UPLOAD_BYTES = 2 * 1024 ** 3
 TOKENIZER_TEMPLATES = {"chat"}
 
@@ -40,7 +34,7 @@ def prepare_spec(spec: data_pb2.DatasetSpec):
     from tunesmith.data.prepare import PrepareSpec
 
     return PrepareSpec(
-        schema=SCHEMAS[spec.schema],
+        schema=spec.schema,  # prepare.normalize_schema reads the proto enum number
         column_mapping=dict(spec.column_mapping),
         template=spec.template,  # empty: the schema's default template
         template_options=json_format.MessageToDict(spec.template_options),
@@ -123,8 +117,7 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
 
             tokenizer_model = BUNDLED_NAME
         tokenizer = self._tokenizer(tokenizer_model) if tokenizer_model else None
-        fmt = FORMATS.get(spec.format)
-        rows = read_rows(source, fmt, display_name=filename)
+        rows = read_rows(source, spec.format, display_name=filename)  # enum number; 0 = from the name
         prepared = prepare(rows, pspec, source=filename, templates=templates, tokenizer=tokenizer)
 
         storage = self.rt.storage
@@ -198,10 +191,7 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
 
     def ListDatasets(self, request, context):
         items = sorted(self.rt.datasets.list(), key=lambda d: (d.created_at.seconds, d.id), reverse=True)
-        start = int(request.page.page_token) if request.page.page_token.isdigit() else 0
-        size = request.page.page_size or len(items)
-        page = items[start:start + size]
-        nxt = str(start + size) if start + size < len(items) else ""
+        page, nxt = paginate(items, request.page.page_size, request.page.page_token)
         return data_pb2.ListDatasetsResponse(datasets=page, next_page_token=nxt)
 
     def PreviewDataset(self, request, context):

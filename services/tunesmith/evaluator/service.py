@@ -9,12 +9,10 @@ import json
 import logging
 import time
 
-from tunesmith.api.common.v1 import common_pb2
 from tunesmith.api.evaluator.v1 import evaluator_pb2, evaluator_pb2_grpc
 from tunesmith.core.contracts import Sampling
 from tunesmith.core.errors import InvalidArgument, NotFound
 from tunesmith.core.jobs import JobControl, JobFailed, JobManager
-from tunesmith.core.records import artifact_ref
 from tunesmith.core.runtime import Runtime
 from tunesmith.core.status import service_status
 from tunesmith.evaluator.stats import bootstrap_ci, mcnemar_p
@@ -200,4 +198,4 @@ def add_to_server(servicer, server) -> None:
     evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server(servicer, server)
 
 
-__all__ = ["EvaluatorServicer", "add_to_server", "common_pb2"]
+__all__ = ["EvaluatorServicer", "add_to_server"]

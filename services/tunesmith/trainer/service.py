@@ -10,10 +10,9 @@ import time
 
 from google.protobuf import json_format
 
-from tunesmith.api.common.v1 import common_pb2
 from tunesmith.api.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from tunesmith.core.errors import InvalidArgument, NotFound, Unimplemented
-from tunesmith.core.jobs import TERMINAL, JobCancelled, JobControl, JobFailed, JobManager
+from tunesmith.core.jobs import JobCancelled, JobControl, JobFailed, JobManager
 from tunesmith.core.records import artifact_ref
 from tunesmith.core.runtime import Runtime
 from tunesmith.core.status import service_status
@@ -23,7 +22,6 @@ log = logging.getLogger("tunesmith.trainer")
 
 DEFAULT_HYPERPARAMETERS = {"epochs": 1, "batch_size": 8, "learning_rate": 2e-4, "lr_scheduler": "linear",
                            "max_grad_norm": 1.0, "max_seq_length": 512, "log_every_steps": 1}
-PROGRESS_KEYS = set(common_pb2.Progress.DESCRIPTOR.fields_by_name)
 
 
 def hyperparameters_dict(hp: trainer_pb2.Hyperparameters) -> dict:
@@ -176,7 +174,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 continue
             kind = event.pop("type", "")
             if kind == "progress":
-                control.progress(**{k: v for k, v in event.items() if k in PROGRESS_KEYS})
+                control.progress(**event)
             elif kind == "metrics":
                 control.metrics(event.get("name", ""), {k: float(v) for k, v in event.get("values", {}).items()
                                                         if isinstance(v, (int, float))})
@@ -301,4 +299,4 @@ def add_to_server(servicer, server) -> None:
     trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
 
 
-__all__ = ["TrainerServicer", "add_to_server", "TERMINAL"]
+__all__ = ["TrainerServicer", "add_to_server"]
