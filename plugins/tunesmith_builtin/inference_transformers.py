@@ -8,6 +8,7 @@ Nothing heavy (torch, transformers, peft) is imported at module import.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import queue
 import threading
@@ -55,14 +56,17 @@ def check_sampling(sampling: Sampling) -> None:
 
 
 def render_prompt(tokenizer: Any, prompt: PromptInput) -> list[int]:
-    """Token ids for one prompt.
+    """Token ids for one prompt, by tunesmith.core.tokens.encode_prompt (as the trainer and the
+    data service tokenise prompts: the tokenizer's special tokens, no second BOS).
 
-    A str is a completion prompt, tokenized as is (the tokenizer's own special tokens, e.g. BOS,
-    are added). A list of {"role", "content"} dicts is a chat, rendered with the tokenizer's chat
-    template and add_generation_prompt=True; the template supplies any special tokens itself.
+    A str is a completion prompt (e.g. a dataset's rendered prompt). A list of {"role", "content"}
+    dicts is a chat: rendered to text with the tokenizer's chat template and
+    add_generation_prompt=True, then encoded the same way (a BOS the template writes is not doubled).
     """
+    from tunesmith.core.tokens import encode_prompt
+
     if isinstance(prompt, str):
-        return list(tokenizer(prompt).input_ids)
+        return encode_prompt(tokenizer, prompt)
     if not isinstance(prompt, (list, tuple)) or not prompt:
         raise InvalidArgument("a prompt is a string or a non-empty list of {role, content} messages", field="prompt")
     for i, msg in enumerate(prompt):
@@ -74,7 +78,7 @@ def render_prompt(tokenizer: Any, prompt: PromptInput) -> list[int]:
         [{"role": m["role"], "content": m["content"]} for m in prompt],
         tokenize=False, add_generation_prompt=True,
     )
-    return list(tokenizer(text, add_special_tokens=False).input_ids)
+    return encode_prompt(tokenizer, text)
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
@@ -210,7 +214,10 @@ class TransformersModel:
         self.eos_ids = sorted(eos_ids)
         self.pad_id = self.tokenizer.pad_token_id
         self._lock = threading.RLock()
-        self._adapters: dict[str, str] = {}  # name -> folder
+        # Served adapter name -> the name peft knows it by: peft adapter names become torch module
+        # names, which may not contain "." nor shadow attributes ("forward"), and served names may.
+        self._adapters: dict[str, str] = {}
+        self._adapter_ids = itertools.count(1)
         self._closed = False
 
     # -- adapters ------------------------------------------------------------------------------
@@ -230,11 +237,16 @@ class TransformersModel:
             self._check_open()
             if name in self._adapters:
                 self._delete_adapter(name)
-            if isinstance(self.model, PeftModel):
-                self.model.load_adapter(adapter_dir, adapter_name=name)
-            else:
-                self.model = PeftModel.from_pretrained(self.model, adapter_dir, adapter_name=name).eval()
-            self._adapters[name] = adapter_dir
+            peft_name = f"adapter_{next(self._adapter_ids)}"
+            try:
+                if isinstance(self.model, PeftModel):
+                    self.model.load_adapter(adapter_dir, adapter_name=peft_name)
+                else:
+                    self.model = PeftModel.from_pretrained(self.model, adapter_dir, adapter_name=peft_name).eval()
+            except (ValueError, RuntimeError, KeyError, TypeError, OSError) as exc:  # a broken or mismatched adapter
+                raise InvalidArgument(f"could not load adapter {name!r} from {adapter_dir!r}: {exc}",
+                                      field="adapter_dir") from exc
+            self._adapters[name] = peft_name
 
     def unload_adapter(self, name: str) -> None:
         with self._lock:
@@ -249,7 +261,7 @@ class TransformersModel:
         if len(self._adapters) == 1:  # the last one: back to the plain base model
             self.model = self.model.unload().eval()
         else:
-            self.model.delete_adapter(name)
+            self.model.delete_adapter(self._adapters[name])
         del self._adapters[name]
 
     def _adapter_context(self, adapter: str | None):
@@ -260,7 +272,7 @@ class TransformersModel:
             if adapter not in self._adapters:
                 known = ", ".join(sorted(self._adapters)) or "none"
                 raise NotFound(f"no adapter named {adapter!r} is loaded (loaded: {known})", field="adapter")
-            self.model.set_adapter(adapter)
+            self.model.set_adapter(self._adapters[adapter])
             return contextlib.nullcontext()
         if self._adapters:  # a PeftModel: run the base weights
             return self.model.disable_adapter()

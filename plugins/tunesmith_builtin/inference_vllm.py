@@ -19,7 +19,8 @@ How it runs:
   the engine runs eagerly and base-model throughput roughly halves, so enable it only for
   models that will serve adapters.
 - Prompts are tokenized here with the folder's transformers tokenizer (chat template for chats),
-  the same way as the transformers backend, and sent to the engine as token ids.
+  by the transformers backend's render_prompt (tunesmith.core.tokens.encode_prompt, the rule the
+  trainer uses), and sent to the engine as token ids, so vLLM adds no BOS of its own.
 
 Nothing from vllm or torch is imported at module import.
 """

@@ -8,16 +8,18 @@ trainer appends EOS to the completion. Templates read these canonical fields:
 - messages: chat rows, a list of {"role", "content"} dicts whose last message is the assistant's;
 - text: raw text rows ("plain" only: empty prompt, the text is the completion).
 
-Besides the PromptTemplate contract each template has `options` (the option names it accepts,
-with their defaults), `needs_tokenizer`, and `validate_options(options)`, which raises
-ValueError naming an unknown or mistyped option. The data service calls it once per dataset so
-a typo in template_options fails fast instead of being ignored.
+Each follows tunesmith.core.contracts.PromptTemplate: `needs_tokenizer` (only "chat"), and
+`validate_options(options)`, which raises InvalidArgument(field=<option key>) for an unknown or
+non-string option; the data service calls it once per dataset so a typo in template_options
+fails fast instead of being ignored. Besides the contract, `options` maps the option names each
+template accepts to their defaults.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from tunesmith.core.contracts import RenderedExample
+from tunesmith.core.errors import InvalidArgument
 from tunesmith.core.plugins import hookimpl
 
 DEFAULT_CLASSIFICATION_INSTRUCTION = "Classify this message."
@@ -63,12 +65,15 @@ class _Base:
     options: dict[str, str] = {}
 
     def validate_options(self, options: dict[str, Any] | None) -> None:
+        """InvalidArgument(field=<key>) for an option this template does not have or a value that
+        is not a string."""
         for key, value in (options or {}).items():
             if key not in self.options:
                 known = ", ".join(sorted(self.options)) or "none"
-                raise ValueError(f"template {self.name!r} has no option {key!r} (options: {known})")
+                raise InvalidArgument(f"template {self.name!r} has no option {key!r} (options: {known})", field=key)
             if not isinstance(value, str):
-                raise ValueError(f"template {self.name!r} option {key!r} must be a string, got {type(value).__name__}")
+                raise InvalidArgument(
+                    f"template {self.name!r} option {key!r} must be a string, got {type(value).__name__}", field=key)
 
     def _opt(self, options: dict[str, Any] | None, key: str) -> str:
         options = options or {}

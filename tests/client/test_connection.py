@@ -23,6 +23,7 @@ from tunesmith.api.evaluator.v1 import evaluator_pb2_grpc
 from tunesmith.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from tunesmith.api.trainer.v1 import trainer_pb2_grpc
 from tunesmith.client import (
+    AlreadyExistsError,
     DataClient,
     DeadlineExceededError,
     InferenceClient,
@@ -45,6 +46,25 @@ pytestmark = pytest.mark.timeout(60)
 
 
 # -- servers ---------------------------------------------------------------------------------
+
+
+def abort(context, code: grpc.StatusCode, message: str, field: str | None = None, reason: str = "") -> None:
+    """Fail the call as a Tunesmith service does: a google.rpc.Status with BadRequest/ErrorInfo."""
+    from google.protobuf import any_pb2
+    from google.rpc import error_details_pb2, status_pb2
+    from grpc_status import rpc_status
+
+    details = []
+    if field:
+        bad = error_details_pb2.BadRequest()
+        bad.field_violations.add(field=field, description=message)
+        details.append(any_pb2.Any())
+        details[-1].Pack(bad)
+    if reason:
+        details.append(any_pb2.Any())
+        details[-1].Pack(error_details_pb2.ErrorInfo(reason=reason, domain="tunesmith.dev", metadata={"job_id": "j-1"}))
+    text = f"{field}: {message}" if field else message
+    context.abort_with_status(rpc_status.to_status(status_pb2.Status(code=code.value[0], message=text, details=details)))
 
 
 class FakeDataService(data_pb2_grpc.DataServiceServicer):
@@ -83,14 +103,14 @@ class FakeDataService(data_pb2_grpc.DataServiceServicer):
         )
 
     def GetDataset(self, request, context):
-        if request.dataset_id == "meta":  # the field only in trailing metadata, as the core server sends it
-            context.set_trailing_metadata((("tunesmith-field", "spec.max_train_rows"),))
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "must be positive")
+        if request.dataset_id == "reused":
+            abort(context, grpc.StatusCode.ALREADY_EXISTS, "key used for job j-1", "idempotency_key",
+                  reason="IDEMPOTENCY_KEY_REUSED")
         if request.dataset_id == "crash":
-            context.abort(grpc.StatusCode.INTERNAL, "internal error: ZeroDivisionError: division by zero")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error (reference 0a1b2c)")
         if not request.dataset_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "dataset_id: must not be empty")
-        context.abort(grpc.StatusCode.NOT_FOUND, f"dataset_id: no dataset '{request.dataset_id}'")
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "must not be empty", "dataset_id")
+        abort(context, grpc.StatusCode.NOT_FOUND, f"no dataset '{request.dataset_id}'", "dataset_id")
 
     def UploadDataset(self, request_iterator, context):
         first = next(request_iterator)
@@ -107,16 +127,16 @@ class FakeDataService(data_pb2_grpc.DataServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sha256: does not match the upload")
         return data_pb2.RegisterDatasetResponse(
             dataset=data_pb2.Dataset(id="ds-" + first.header.sha256[:8], name=first.header.spec.name),
-            report=data_pb2.ValidationReport(source=first.header.filename, rows_read=3, rows_accepted=3),
+            report=common_pb2.ValidationReport(source=first.header.filename, rows_read=3, rows_accepted=3),
         )
 
     def GetDatasetStatistics(self, request, context):
         time.sleep(2)
         return data_pb2.DatasetStatistics()
 
-    def StreamJobEvents(self, request, context):
+    def StreamDataJobEvents(self, request, context):
         if request.job_id != "job-1":
-            context.abort(grpc.StatusCode.NOT_FOUND, f"job_id: no job '{request.job_id}'")
+            abort(context, grpc.StatusCode.NOT_FOUND, f"no job '{request.job_id}'", "job_id")
         for sequence in range(max(request.from_sequence, 1), 4):
             yield common_pb2.JobEvent(
                 job_id=request.job_id, sequence=sequence, progress=common_pb2.Progress(step=sequence)
@@ -134,7 +154,7 @@ class FakeInferenceService(inference_pb2_grpc.InferenceServiceServicer):
     def _echo(prompt: inference_pb2.Prompt) -> str:
         if prompt.WhichOneof("kind") == "text":
             return f"text={prompt.text}"
-        return "chat=" + "|".join(f"{m.role}:{m.content}" for m in prompt.chat.messages)
+        return "chat=" + "|".join(f"{inference_pb2.ChatRole.Name(m.role).removeprefix('CHAT_ROLE_').lower()}:{m.content}" for m in prompt.chat.messages)
 
     def Generate(self, request, context):
         s = request.sampling
@@ -142,7 +162,7 @@ class FakeInferenceService(inference_pb2_grpc.InferenceServiceServicer):
         return inference_pb2.GenerateResponse(
             model=request.model,
             backend="echo",
-            completions=[inference_pb2.Completion(text=self._echo(p) + suffix, finish_reason="stop")
+            completions=[inference_pb2.Completion(text=self._echo(p) + suffix, finish_reason=inference_pb2.FINISH_REASON_STOP)
                          for p in request.prompts],
         )
 
@@ -157,7 +177,7 @@ class FakeInferenceService(inference_pb2_grpc.InferenceServiceServicer):
             yield inference_pb2.GenerateChunk(delta=word + " ")
             if request.model == "endless":
                 time.sleep(0.01)
-        yield inference_pb2.GenerateChunk(finish_reason="stop", completion_tokens=len(words))
+        yield inference_pb2.GenerateChunk(finish_reason=inference_pb2.FINISH_REASON_STOP, completion_tokens=len(words))
 
 
 @pytest.fixture
@@ -279,17 +299,17 @@ def test_invalid_argument_gets_the_field(serve):
     assert isinstance(info.value, TunesmithClientError)
 
 
-def test_field_from_trailing_metadata_and_internal_errors(serve):
+def test_error_info_reason_and_metadata_and_internal_errors(serve):
     client = DataClient(serve(data=FakeDataService()))
-    with pytest.raises(InvalidArgumentError) as info:
-        client.get_dataset("meta")
-    assert (info.value.field, info.value.message, str(info.value)) == (
-        "spec.max_train_rows", "must be positive", "must be positive"
-    )
+    with pytest.raises(AlreadyExistsError) as info:
+        client.get_dataset("reused")
+    assert (info.value.field, info.value.reason, info.value.metadata) == (
+        "idempotency_key", "IDEMPOTENCY_KEY_REUSED", {"job_id": "j-1"})
+    assert [(v.field, v.description) for v in info.value.violations] == [("idempotency_key", "key used for job j-1")]
     with pytest.raises(InternalError) as crash:
         client.get_dataset("crash")
-    assert crash.value.field is None
-    assert str(crash.value) == "internal error: ZeroDivisionError: division by zero"
+    assert crash.value.field is None and crash.value.violations == [] and crash.value.reason is None
+    assert str(crash.value) == "internal error (reference 0a1b2c)"
 
 
 def test_against_the_real_server_bootstrap():

@@ -63,14 +63,18 @@ def test_register_tiny_model_and_get_it_back(model_store, storage, tiny_model_di
     assert got == entry
     assert [e.name for e in model_store.list()] == ["tiny"]
     assert storage.read_json("models/tiny.json")["artifact"]["sha256"] == entry.artifact.sha256
+    # The entry holds the storage-relative URI, never a location.
+    assert storage.read_json("models/tiny.json")["artifact"]["uri"] == f"artifact://model/{entry.artifact.sha256}"
+    assert str(storage.root) not in storage.path("models/tiny.json").read_text()
 
     folder = Path(model_store.local_path("tiny"))
     assert folder == storage.local_path(entry.artifact.uri)
     assert sorted(p.name for p in Path(tiny_model_dir).iterdir()) == sorted(
         p.name for p in folder.iterdir() if p.name != "MANIFEST.json"
     )
-    # The artifact URI resolves to the same named entry.
+    # The artifact URI resolves to the same named entry; so does its local file:// URI.
     assert model_store.get(entry.artifact.uri) == entry
+    assert model_store.get(folder.as_uri()) == entry
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -183,8 +187,31 @@ def test_store_survives_moving_the_storage_root(tiny_model_dir, tmp_path):
     os.rename(old, new)
     store = ModelStore(LocalStorage(new))
     entry = store.get("tiny")
-    assert entry.artifact.uri.startswith(new.resolve().as_uri())
+    assert entry.artifact.uri == f"artifact://model/{entry.artifact.sha256}"
+    assert Path(store.local_path("tiny")).parent.parent.parent == new.resolve()
     assert (Path(store.local_path("tiny")) / "config.json").is_file()
+    assert store.storage.verify(entry.artifact)
+
+
+def test_entry_written_before_artifact_uris_still_reads(model_store, storage, tiny_model_dir):
+    entry = model_store.register("tiny", tiny_model_dir)
+    legacy = {"version": 1, "name": "tiny", "architecture": "LlamaForCausalLM", "parameters": 1, "source": "x",
+              "has_chat_template": True, "created_at": 1.0,
+              "artifact": {**entry.artifact.to_dict(), "uri": f"file:///elsewhere/artifacts/model/{entry.artifact.sha256}"}}
+    storage.write_json("models/tiny.json", legacy)
+    got = model_store.get("tiny")
+    assert got.artifact == entry.artifact and got.artifact.uri.startswith("artifact://model/")
+
+
+def test_entry_of_an_unknown_major_version_is_refused_naming_the_file(model_store, storage, tiny_model_dir):
+    from tunesmith.core.formats import FormatError
+
+    entry = model_store.register("tiny", tiny_model_dir)
+    storage.write_json("models/tiny.json", {**storage.read_json("models/tiny.json"), "version": "2.0"})
+    with pytest.raises(FormatError, match=r"models/tiny\.json.*version 2\.0"):
+        model_store.get("tiny")
+    assert model_store.list() == []  # skipped with a warning, not a crash
+    assert entry.artifact.uri
 
 
 def test_missing_artifact_is_reported(model_store, storage, tiny_model_dir):

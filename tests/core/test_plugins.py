@@ -1,15 +1,59 @@
-"""Plugin manager: built-ins through the same hooks, duplicates, allow/block lists, hook docs."""
+"""Plugin manager: built-ins through the same hooks, duplicates, allow/block lists, hook docs,
+and every registration checked against its kind's Protocol."""
 import inspect
 import types
 from pathlib import Path
 
 import pytest
 
-from tunesmith.core import hookspecs
+from tunesmith.core import contracts, hookspecs
 from tunesmith.core.errors import NotFound, PluginError
-from tunesmith.core.plugins import ALLOW_ENV, BLOCK_ENV, DEFAULT_PLUGINS, PluginRegistry, hookimpl
+from tunesmith.core.plugins import ALLOW_ENV, BLOCK_ENV, DEFAULT_PLUGINS, KIND_PROTOCOLS, PluginRegistry, hookimpl
 
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "tunesmith_spec")]
+
+
+class Score:
+    """A minimal Benchmark (the Protocol's members and nothing else)."""
+
+    description = "always half"
+
+    def __init__(self, name="acme_score"):
+        self.name = name
+
+    def score(self, predictions, references):
+        return contracts.BenchmarkResult(metrics={"half": 0.5})
+
+
+class Method:
+    """A minimal PeftMethod."""
+
+    supports_merge = False
+    quantized_base = False
+
+    def __init__(self, name="lora"):
+        self.name = name
+
+    def validate(self, options):
+        return dict(options)
+
+    def load_kwargs(self, options, device):
+        return {}
+
+    def apply(self, model, options):
+        return model
+
+
+class Template:
+    """A minimal PromptTemplate."""
+
+    name, description, needs_tokenizer = "acme_tpl", "input as is", False
+
+    def validate_options(self, options):
+        return None
+
+    def render(self, fields, options, tokenizer):
+        return contracts.RenderedExample(prompt=fields["input"], completion=fields["output"])
 
 
 def make_plugin(name, **hooks):
@@ -39,7 +83,7 @@ def test_builtins_register_through_the_hooks():
 
 
 def test_third_party_plugin_adds_names():
-    plugin = make_plugin("acme", register_benchmarks=[("acme_score", object())])
+    plugin = make_plugin("acme", register_benchmarks=[("acme_score", Score())])
     reg = PluginRegistry(entry_points=False, extra=[("acme", plugin)])
     assert "acme_score" in reg.names("benchmarks")
     assert reg.owner("benchmarks", "acme_score") == "acme"
@@ -47,7 +91,7 @@ def test_third_party_plugin_adds_names():
 
 
 def test_duplicate_name_is_an_error_naming_both_plugins():
-    plugin = make_plugin("acme", register_peft_methods=[("lora", object())])
+    plugin = make_plugin("acme", register_peft_methods=[("lora", Method())])
     with pytest.raises(PluginError) as err:
         PluginRegistry(entry_points=False, extra=[("acme", plugin)])
     msg = str(err.value)
@@ -55,10 +99,11 @@ def test_duplicate_name_is_an_error_naming_both_plugins():
 
 
 def test_block_list_resolves_a_duplicate(monkeypatch):
-    plugin = make_plugin("acme", register_peft_methods=[("lora", "acme-lora")])
+    acme_lora = Method()
+    plugin = make_plugin("acme", register_peft_methods=[("lora", acme_lora)])
     monkeypatch.setenv(BLOCK_ENV, "tunesmith_builtin.peft_lora")
     reg = PluginRegistry(entry_points=False, extra=[("acme", plugin)])
-    assert reg.get("peft_methods", "lora") == "acme-lora"
+    assert reg.get("peft_methods", "lora") is acme_lora
     assert "tunesmith_builtin.peft_lora" not in [p.name for p in reg.plugins]
 
 
@@ -86,9 +131,13 @@ def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
     pkg = tmp_path / "acme_plugin.py"
     pkg.write_text(
         "from tunesmith.core.plugins import hookimpl\n"
+        "class Tpl:\n"
+        "    name, description, needs_tokenizer = 'acme_tpl', 'as is', False\n"
+        "    def validate_options(self, options): pass\n"
+        "    def render(self, fields, options, tokenizer): return None\n"
         "@hookimpl\n"
         "def register_templates(register):\n"
-        "    register('acme_tpl', object())\n")
+        "    register('acme_tpl', Tpl())\n")
     dist = tmp_path / "acme_plugin-1.2.3.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-plugin\nVersion: 1.2.3\n")
@@ -97,6 +146,109 @@ def test_entry_point_plugins_are_discovered(tmp_path, monkeypatch):
     reg = PluginRegistry()
     assert "acme_tpl" in reg.names("templates")
     assert {"name": "acme", "version": "1.2.3", "hooks": ["register_templates"], "source": "entrypoint"} in reg.describe()
+
+
+# --- registrations are checked against their kind's Protocol ----------------------------------
+HOOK_OF_KIND = {kind: hook for hook, kind in hookspecs.REGISTRY_KINDS.items()}
+
+
+def refusal(kind, obj, plugin="acme", name="foo"):
+    """The PluginError message for registering `obj` as `name` under `kind`."""
+    module = make_plugin(plugin, **{HOOK_OF_KIND[kind]: [(name, obj)]})
+    with pytest.raises(PluginError) as err:
+        PluginRegistry(builtins=(), entry_points=False, extra=[(plugin, module)])
+    return str(err.value)
+
+
+def test_every_kind_has_one_protocol():
+    assert set(KIND_PROTOCOLS) == set(hookspecs.REGISTRY_KINDS.values())
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_PROTOCOLS))
+def test_an_empty_object_is_refused_naming_every_member(kind):
+    members = [name for name, _ in contracts.protocol_members(KIND_PROTOCOLS[kind])]
+    msg = refusal(kind, object())
+    assert msg.startswith(f"plugin 'acme' registered {kind} entry 'foo' which lacks {', '.join(members)}")
+    assert f"tunesmith.core.contracts.{KIND_PROTOCOLS[kind].__name__}" in msg
+
+
+def test_missing_methods_are_listed_in_declaration_order():
+    class Partial:
+        name, supports_merge, quantized_base = "foo", True, False
+
+        def load_kwargs(self, options, device):
+            return {}
+
+    assert refusal("peft_methods", Partial()).startswith(
+        "plugin 'acme' registered peft_methods entry 'foo' which lacks validate, apply (")
+
+
+def test_wrong_signatures_types_and_non_callables_are_refused():
+    class Bad:
+        name = 3  # not a str
+        description = "d"
+        score = "not a method"
+
+    msg = refusal("benchmarks", Bad())
+    assert "whose name is int, not str" in msg and "whose score is not callable" in msg
+
+    class OneArg(Score):
+        def score(self, predictions):
+            return None
+
+    assert "whose score does not accept score(predictions, references)" in refusal("benchmarks", OneArg())
+
+    class NoAdapterKeyword:
+        name = "foo"
+
+        def available(self):
+            return True, "yes"
+
+        def load(self, model_path, *, dtype="", max_model_len=0):
+            return None
+
+    assert ("whose load does not accept load(model_path, *, dtype, max_model_len, enable_adapters)"
+            in refusal("inference_backends", NoAdapterKeyword()))
+
+    class NotABool(Template):
+        needs_tokenizer = "no"
+
+    assert "whose needs_tokenizer is str, not bool" in refusal("templates", NotABool())
+
+
+def test_storage_factories_must_be_callable_with_a_root():
+    class NoRoot:
+        scheme = "acme"
+
+        def __init__(self):
+            pass
+
+    assert "whose __call__ does not accept (root)" in refusal("storage_backends", NoRoot)
+    assert "lacks __call__" in refusal("storage_backends", types.SimpleNamespace(scheme="acme"))
+
+
+def test_flexible_signatures_and_extra_members_are_accepted():
+    class Flexible(Score):
+        extra = "fine"
+
+        def score(self, *args, **kwargs):
+            return None
+
+    class WithDefaults(Method):
+        def apply(self, model, options=None, *, more=1):
+            return model
+
+    reg = PluginRegistry(builtins=(), entry_points=False, extra=[(
+        "acme", make_plugin("acme", register_benchmarks=[("flex", Flexible("flex"))],
+                            register_peft_methods=[("wd", WithDefaults("wd"))]))])
+    assert reg.names("benchmarks") == ["flex"] and reg.names("peft_methods") == ["wd"]
+
+
+def test_a_refused_registration_is_refused_with_the_builtins_too():
+    """The check runs whatever else loads: the first bad registration stops the registry."""
+    module = make_plugin("acme", register_templates=[("ok", Template()), ("bad", object())])
+    with pytest.raises(PluginError, match="plugin 'acme' registered templates entry 'bad' which lacks name"):
+        PluginRegistry(entry_points=False, extra=[("acme", module)])
 
 
 @pytest.mark.parametrize("hook", HOOKS)

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from tunesmith.core.errors import StorageKeyError
-from tunesmith.core.storage import LocalStorage, validate_key
+from tunesmith.core.errors import InvalidArgument, NotFound, StorageKeyError
+from tunesmith.core.storage import Artifact, LocalStorage, normalize_artifact, validate_key
 
 
 @pytest.mark.parametrize("key", ["../etc/passwd", "/etc/passwd", "a/../../b", "a/./b", "a//b", "", "a\\b", "a\x00b"])
@@ -48,6 +48,74 @@ def test_artifact_is_content_addressed_and_verifiable(tmp_path):
     assert set(manifest["files"]) == {"weights.bin", "sub/config.json"}
     (storage.local_path(a.uri) / "weights.bin").write_bytes(b"tampered")
     assert not storage.verify(a)
+
+
+def _model_folder(tmp_path):
+    src = tmp_path / "model"
+    src.mkdir(exist_ok=True)
+    (src / "weights.bin").write_bytes(b"\x02" * 64)
+    return src
+
+
+def test_artifact_uris_are_storage_relative(tmp_path):
+    storage = LocalStorage(tmp_path / "store")
+    a = storage.put_artifact("model", _model_folder(tmp_path))
+    assert a.uri == f"artifact://model/{a.sha256}"
+    assert storage.key_of(a.uri) == f"artifacts/model/{a.sha256}"
+    folder = storage.resolve(a.uri)
+    assert folder == storage.root / "artifacts" / "model" / a.sha256
+    assert (folder / "weights.bin").read_bytes() == b"\x02" * 64
+    assert storage.artifact(a.uri) == a
+    assert storage.list_artifacts() == [a]
+    assert str(storage.root) not in (folder / "MANIFEST.json").read_text()
+    # Local tools may name it by file:// URI or absolute path inside the root: converted.
+    for local in (folder.as_uri(), str(folder)):
+        assert storage.artifact(local) == a
+        assert storage.resolve(local) == folder
+        assert storage.key_of(local) == f"artifacts/model/{a.sha256}"
+
+
+@pytest.mark.parametrize("bad", [
+    "", "relative/path", "/etc", "file:///etc", "s3://bucket/key", "artifact://model/abc",
+    "artifact://model/../../etc", f"artifact://../{'a' * 64}", f"artifact://model/{'a' * 64}/extra",
+    f"artifact://model/{'A' * 64}", f"artifact:///{'a' * 64}"])
+def test_uris_outside_the_root_or_malformed_are_invalid(tmp_path, bad):
+    storage = LocalStorage(tmp_path / "store")
+    for call in (storage.key_of, storage.local_path, storage.resolve, storage.artifact):
+        with pytest.raises(InvalidArgument) as err:
+            call(bad)
+        assert err.value.field == "uri"
+
+
+def test_missing_artifacts_are_not_found_and_do_not_verify(tmp_path):
+    storage = LocalStorage(tmp_path / "store")
+    missing = f"artifact://model/{'0' * 64}"
+    with pytest.raises(NotFound):
+        storage.resolve(missing)
+    assert not storage.verify(Artifact(missing, "0" * 64, "model", 0))
+    assert not storage.verify(Artifact("file:///etc", "0" * 64, "model", 0))
+    storage.write_bytes("records/x/1.json", b"{}")
+    with pytest.raises(NotFound):
+        storage.artifact(str(storage.path("records/x")))  # inside the root but not an artifact
+
+
+def test_artifacts_resolve_after_the_root_is_moved(tmp_path):
+    import os
+
+    old = tmp_path / "old"
+    a = LocalStorage(old).put_artifact("model", _model_folder(tmp_path))
+    os.rename(old, tmp_path / "new")
+    moved = LocalStorage(tmp_path / "new")
+    assert moved.verify(a) and moved.artifact(a.uri) == a
+    assert moved.resolve(a.uri) == (tmp_path / "new").resolve() / "artifacts" / "model" / a.sha256
+
+
+def test_legacy_file_references_normalise_to_artifact_uris():
+    sha = "b" * 64
+    legacy = Artifact(f"file:///old/root/artifacts/adapter/{sha}", sha, "adapter", 3)
+    assert normalize_artifact(legacy) == Artifact(f"artifact://adapter/{sha}", sha, "adapter", 3)
+    with pytest.raises(InvalidArgument):
+        normalize_artifact(Artifact(f"artifact://model/{sha}", sha, "adapter", 3))  # disagrees with its kind
 
 
 def test_records_replace_atomically(tmp_path):

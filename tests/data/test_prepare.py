@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tunesmith.core.errors import DataValidationError, InvalidArgument, NotFound
-from tunesmith.data.prepare import PrepareSpec, prepare, read_manifest, read_split, render_rows, write_prepared
+from tunesmith.core.formats.dataset import read_manifest, read_split, write_prepared
+from tunesmith.data.prepare import PrepareSpec, prepare, render_rows
 from tunesmith.data.readers import read_file, read_rows
 from tunesmith_builtin import templates as builtin_templates
 
@@ -273,13 +274,13 @@ def test_write_and_read_prepared(tmp_path, templates):
     path = write_csv(tmp_path / "train.csv", labelled_rows({"a": 10, "b": 10}))
     p = run(path, PrepareSpec(column_mapping=MAPPING, validation_rows=4, nested_subset_sizes=[8]), templates)
     out = tmp_path / "prepared"
-    write_prepared(p, out)
+    write_prepared(out, p.splits, p.manifest())
     assert sorted(x.name for x in out.iterdir()) == ["dataset.json", "train.jsonl", "train_8.jsonl", "validation.jsonl"]
     assert read_split(out, "validation") == p.splits["validation"]
     manifest = read_manifest(out)
-    assert manifest["splits"] == {"train": 16, "validation": 4, "train_8": 8}
-    assert manifest["labels"] == ["a", "b"] and manifest["spec"]["column_mapping"] == MAPPING
-    assert manifest["report"]["rows_read"] == 20 and manifest["template"] == "classification"
+    assert manifest.splits == {"train": 16, "validation": 4, "train_8": 8}
+    assert manifest.labels == ["a", "b"] and manifest.spec["column_mapping"] == MAPPING
+    assert manifest.report["rows_read"] == 20 and manifest.template == "classification"
     with pytest.raises(NotFound, match="splits: train, train_8, validation"):
         read_split(out, "test")
 

@@ -68,3 +68,47 @@ def write_csv(path, rows, fields=("text", "category")):
         w.writeheader()
         w.writerows(rows)
     return path
+
+
+def wait_job(get, job_id, timeout=300):
+    """Poll a Get*Job RPC until the job ends; return it."""
+    import time
+
+    from tunesmith.api.common.v1 import common_pb2
+
+    deadline = time.monotonic() + timeout
+    while True:
+        job = get(common_pb2.GetJobRequest(job_id=job_id), timeout=10)
+        if job.job.state in (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED):
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} did not end in {timeout} s"
+        time.sleep(0.2)
+
+
+def import_model(cluster, name, path, timeout=300):
+    """Import a model folder through CreateModelImportJob and wait for it; returns the Model."""
+    from tunesmith.api.common.v1 import common_pb2
+    from tunesmith.api.trainer.v1 import trainer_pb2
+
+    job = cluster.trainer.CreateModelImportJob(trainer_pb2.CreateModelImportJobRequest(
+        spec=trainer_pb2.ModelImportSpec(name=name, path=str(path))), timeout=30)
+    job = wait_job(cluster.trainer.GetModelImportJob, job.job.id, timeout)
+    assert job.job.state == common_pb2.JOB_STATE_SUCCEEDED, job.job.error
+    return job.model
+
+
+def load_model(cluster, request, timeout=300):
+    """LoadModel (returns at once in LOADING), then poll GetServedModel until READY."""
+    import time
+
+    from tunesmith.api.inference.v1 import inference_pb2
+
+    served = cluster.inference.LoadModel(request, timeout=30)
+    assert served.state == inference_pb2.SERVED_MODEL_STATE_LOADING
+    deadline = time.monotonic() + timeout
+    while served.state == inference_pb2.SERVED_MODEL_STATE_LOADING:
+        assert time.monotonic() < deadline, f"{request.name} did not load in {timeout} s"
+        time.sleep(0.2)
+        served = cluster.inference.GetServedModel(inference_pb2.GetServedModelRequest(name=request.name), timeout=10)
+    assert served.state == inference_pb2.SERVED_MODEL_STATE_READY, served.error
+    return served

@@ -26,5 +26,7 @@ def test_demo_json_summary(tmp_path, tiny_model_dir):
     assert summary["train_seconds"] > 0 and summary["train_tokens_per_second"] > 0
     assert summary["total_seconds"] >= summary["train_seconds"]
     assert len(summary["samples"]) == 5 and all({"message", "expected", "base", "tuned"} <= set(s) for s in summary["samples"])
-    for uri in summary["artifacts"].values():
-        assert uri.startswith(tmp_path.as_uri())
+    from tunesmith.core.storage import LocalStorage
+
+    for uri in summary["artifacts"].values():  # storage-relative URIs of artifacts in this storage
+        assert uri.startswith("artifact://") and LocalStorage(tmp_path).resolve(uri).is_dir()

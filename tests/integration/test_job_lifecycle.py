@@ -9,14 +9,14 @@ from tunesmith.api.common.v1 import common_pb2
 from tunesmith.api.data.v1 import data_pb2
 from tunesmith.api.trainer.v1 import trainer_pb2
 
-from .conftest import banking_rows, write_csv
+from .conftest import banking_rows, import_model, write_csv
 
 S = common_pb2
 
 
 @pytest.fixture(scope="module")
 def dataset_id(cluster, tiny_model_dir, tmp_path_factory):
-    cluster.trainer.RegisterModel(trainer_pb2.RegisterModelRequest(name="tiny", path=str(tiny_model_dir)), timeout=120)
+    import_model(cluster, "tiny", tiny_model_dir)
     path = write_csv(tmp_path_factory.mktemp("csv") / "t.csv", banking_rows(["card_arrival", "age_limit"], 20))
     spec = data_pb2.DatasetSpec(schema=data_pb2.SCHEMA_CLASSIFICATION, column_mapping={"input": "text", "output": "category"})
     return cluster.data.RegisterDataset(data_pb2.RegisterDatasetRequest(source_uri=str(path), spec=spec), timeout=60).dataset.id
@@ -25,8 +25,8 @@ def dataset_id(cluster, tiny_model_dir, tmp_path_factory):
 def long_job(cluster, dataset_id):
     """A job that trains long enough to be interrupted (many epochs of a tiny model)."""
     job = cluster.trainer.CreateTrainingJob(trainer_pb2.CreateTrainingJobRequest(spec=trainer_pb2.TrainingJobSpec(
-        base_model="tiny", dataset_id=dataset_id, method=trainer_pb2.MethodSpec(name="lora", rank=4),
-        hyperparameters=trainer_pb2.Hyperparameters(epochs=2000, batch_size=2, log_every_steps=1))), timeout=30)
+        base_model="tiny", dataset_id=dataset_id, method=trainer_pb2.MethodSpec(lora=trainer_pb2.LoraConfig(rank=4)),
+        hyperparameters=trainer_pb2.Hyperparameters(max_steps=100_000, batch_size=2, log_every_steps=1))), timeout=30)
     for event in cluster.trainer.StreamTrainingJobEvents(S.JobEventsRequest(job_id=job.job.id, follow=True), timeout=300):
         if event.WhichOneof("payload") == "progress" and event.progress.step >= 2:
             return job.job.id

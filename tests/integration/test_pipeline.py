@@ -9,7 +9,7 @@ from tunesmith.api.inference.v1 import inference_pb2
 from tunesmith.api.trainer.v1 import trainer_pb2
 from tunesmith.core.storage import Artifact
 
-from .conftest import banking_rows, write_csv
+from .conftest import banking_rows, import_model, load_model, write_csv
 
 S = common_pb2
 INTENTS = ["card_arrival", "age_limit", "change_pin"]
@@ -38,7 +38,7 @@ def storage_snapshot(storage):
 
 @pytest.fixture(scope="module")
 def tiny_registered(cluster, tiny_model_dir):
-    cluster.trainer.RegisterModel(trainer_pb2.RegisterModelRequest(name="tiny", path=str(tiny_model_dir)), timeout=120)
+    import_model(cluster, "tiny", tiny_model_dir)
     return "tiny"
 
 
@@ -62,24 +62,30 @@ def test_fine_tune_end_to_end(cluster, tmp_path, tiny_registered):
     ds = upload(cluster.data, train_csv, classification_spec(
         name="tiny-train", split=data_pb2.SplitSpec(validation_fraction=0.25, seed=1, stratify=True))).dataset
     assert {s.name: s.rows for s in ds.splits} == {"train": 36, "validation": 12}
+    assert ds.artifact.uri == f"artifact://dataset/{ds.artifact.sha256}"  # storage-relative, never a location
     assert storage.verify(Artifact(ds.artifact.uri, ds.artifact.sha256, ds.artifact.kind, ds.artifact.size_bytes))
 
-    job = cluster.trainer.CreateTrainingJob(trainer_pb2.CreateTrainingJobRequest(
+    request = trainer_pb2.CreateTrainingJobRequest(
         idempotency_key="e2e-1",
         spec=trainer_pb2.TrainingJobSpec(
             base_model=tiny_registered, dataset_id=ds.id, validation_split="validation",
-            method=trainer_pb2.MethodSpec(name="lora", rank=8, alpha=16, target_modules=["all-linear"]),
+            method=trainer_pb2.MethodSpec(name="lora", lora=trainer_pb2.LoraConfig(rank=8, alpha=16,
+                                                                                     target_modules=["all-linear"])),
             hyperparameters=trainer_pb2.Hyperparameters(epochs=4, batch_size=4, learning_rate=3e-3, seed=0),
-            merge=True)), timeout=30)
-    again = cluster.trainer.CreateTrainingJob(trainer_pb2.CreateTrainingJobRequest(
-        idempotency_key="e2e-1", spec=trainer_pb2.TrainingJobSpec(base_model="tiny", dataset_id=ds.id)), timeout=30)
+            merge=True))
+    job = cluster.trainer.CreateTrainingJob(request, timeout=30)
+    again = cluster.trainer.CreateTrainingJob(request, timeout=30)
     assert again.job.id == job.job.id
+    with pytest.raises(grpc.RpcError) as reused:  # the same key with another request is refused
+        cluster.trainer.CreateTrainingJob(trainer_pb2.CreateTrainingJobRequest(
+            idempotency_key="e2e-1", spec=trainer_pb2.TrainingJobSpec(base_model="tiny", dataset_id=ds.id)), timeout=30)
+    assert reused.value.code() == grpc.StatusCode.ALREADY_EXISTS and job.job.id in reused.value.details()
 
     events = list(cluster.trainer.StreamTrainingJobEvents(
         S.JobEventsRequest(job_id=job.job.id, follow=True), timeout=600))
     states = [e.state_change.state for e in events if e.WhichOneof("payload") == "state_change"]
     assert states == [S.JOB_STATE_VALIDATING, S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING, S.JOB_STATE_SUCCEEDED], \
-        [e for e in events if e.WhichOneof("payload") in ("state_change", "log")]
+        [e for e in events if e.WhichOneof("payload") in ("state_change", "log")][-3:]
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     steps = [e.progress.step for e in events if e.WhichOneof("payload") == "progress" and e.progress.phase == "train"]
     assert len(steps) >= 10 and all(a < b for a, b in zip(steps, steps[1:]))
@@ -92,26 +98,36 @@ def test_fine_tune_end_to_end(cluster, tmp_path, tiny_registered):
     assert result.final_train_loss < result.first_train_loss
     assert result.tokens_per_second > 0 and result.steps == steps[-1]
     for ref in (result.adapter, result.merged_model, *done.job.outputs):
+        assert ref.uri == f"artifact://{ref.kind}/{ref.sha256}", ref.uri
         assert storage.verify(Artifact(ref.uri, ref.sha256, ref.kind, ref.size_bytes)), ref.uri
-    adapter_dir = storage.local_path(result.adapter.uri)
+    adapter_dir = storage.resolve(result.adapter.uri)
     assert (adapter_dir / "adapter_config.json").is_file()
-    assert (storage.local_path(result.merged_model.uri) / "model.safetensors").is_file()
+    from tunesmith.core.formats.adapter import read_adapter
+
+    meta = read_adapter(adapter_dir)  # the adapter names its base by artifact URI, not by a path
+    assert meta.base_model_uri == cluster.runtime.models.get("tiny").artifact.uri and meta.base_model_name == "tiny"
+    assert (storage.resolve(result.merged_model.uri) / "model.safetensors").is_file()
 
     ev = cluster.evaluator.CreateEvaluation(evaluator_pb2.CreateEvaluationRequest(spec=evaluator_pb2.EvaluationSpec(
         dataset_id=ds.id, split="validation", benchmarks=["exact_match"], baseline="base",
         models=[evaluator_pb2.ModelUnderTest(label="base", model="tiny"),
                 evaluator_pb2.ModelUnderTest(label="tuned", model=result.merged_model.uri)],
         generation=evaluator_pb2.GenerationConfig(max_new_tokens=6, batch_size=8))), timeout=30)
-    list(cluster.evaluator.WatchEvaluation(S.JobEventsRequest(job_id=ev.job.id, follow=True), timeout=600))
+    list(cluster.evaluator.StreamEvaluationEvents(S.JobEventsRequest(job_id=ev.job.id, follow=True), timeout=600))
     ev = cluster.evaluator.GetEvaluation(S.GetJobRequest(job_id=ev.job.id), timeout=10)
     assert ev.job.state == S.JOB_STATE_SUCCEEDED, ev.job.error.message
     scores = {s.label: {m.metric: m.value for m in s.metrics} for s in ev.report.scores}
     assert set(scores) == {"base", "tuned"} and all("exact_match" in v for v in scores.values())
     assert ev.report.rows == 12 and len(ev.report.comparisons) == 1
     assert storage.verify(Artifact(ev.report_artifact.uri, ev.report_artifact.sha256, "report", 0))
+    from tunesmith.core.formats.report import read_outputs, read_report
 
-    served = cluster.inference.LoadModel(inference_pb2.LoadModelRequest(
-        name="tuned", model=result.merged_model.uri, backend="transformers"), timeout=120)
+    report_dir = storage.resolve(ev.report_artifact.uri)
+    assert read_report(report_dir).evaluation_id == ev.job.id
+    assert [set(r.outputs) for r in read_outputs(report_dir)] == [{"base", "tuned"}] * 12
+
+    served = load_model(cluster, inference_pb2.LoadModelRequest(
+        name="tuned", model=result.merged_model.uri, backend="transformers"))
     assert served.backend == "transformers"
     prompt = inference_pb2.Prompt(text=ev.report.samples[0].prompt)
     sampling = inference_pb2.SamplingParams(max_new_tokens=5)
@@ -120,7 +136,8 @@ def test_fine_tune_end_to_end(cluster, tmp_path, tiny_registered):
     chunks = list(cluster.inference.GenerateStream(
         inference_pb2.GenerateRequest(model="tuned", prompts=[prompt], sampling=sampling), timeout=60))
     assert "".join(c.delta for c in chunks) == whole
-    assert chunks[-1].finish_reason in ("stop", "length") and chunks[-1].completion_tokens <= 5
+    assert chunks[-1].finish_reason in (inference_pb2.FINISH_REASON_STOP, inference_pb2.FINISH_REASON_LENGTH)
+    assert chunks[-1].completion_tokens <= 5
     cluster.inference.UnloadModel(inference_pb2.UnloadModelRequest(name="tuned"), timeout=30)
 
 
@@ -152,7 +169,7 @@ def test_bad_hyperparameter_is_invalid_argument_naming_the_field(cluster, tiny_r
             base_model="tiny", dataset_id=ds.id,
             hyperparameters=trainer_pb2.Hyperparameters(learning_rate=5))), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.value.details().startswith("hyperparameters.learning_rate:")
+    assert err.value.details().startswith("spec.hyperparameters.learning_rate:")
 
 
 def test_unknown_method_is_invalid_argument_naming_the_request_field(cluster, tiny_registered, tmp_path):

@@ -4,7 +4,8 @@ import importlib.util
 import pytest
 
 from tunesmith.api.inference.v1 import inference_pb2
-from tunesmith.api.trainer.v1 import trainer_pb2
+
+from .conftest import import_model, load_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm,
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")]
@@ -12,14 +13,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.vllm,
 
 def test_vllm_serves_the_bundled_model_and_streams(cluster, bundled_model_dir):
     # Reuse the session's one-time import instead of converting the GGUF again.
-    cluster.trainer.RegisterModel(trainer_pb2.RegisterModelRequest(
-        name="smollm2-135m-instruct", path=str(bundled_model_dir)), timeout=300)
-    served = cluster.inference.LoadModel(inference_pb2.LoadModelRequest(
+    import_model(cluster, "smollm2-135m-instruct", bundled_model_dir)
+    served = load_model(cluster, inference_pb2.LoadModelRequest(
         name="smol", model="smollm2-135m-instruct", backend="vllm"), timeout=600)
     assert served.backend == "vllm"
     try:
         chat = inference_pb2.Prompt(chat=inference_pb2.Conversation(messages=[
-            inference_pb2.ChatMessage(role="user", content="What is the capital of France?")]))
+            inference_pb2.ChatMessage(role=inference_pb2.CHAT_ROLE_USER, content="What is the capital of France?")]))
         sampling = inference_pb2.SamplingParams(max_new_tokens=24, temperature=0)
         resp = cluster.inference.Generate(inference_pb2.GenerateRequest(model="smol", prompts=[chat], sampling=sampling),
                                           timeout=300)

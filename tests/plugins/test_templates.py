@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from tunesmith.core.contracts import PromptTemplate, RenderedExample
+from tunesmith.core.errors import InvalidArgument
 from tunesmith.core.plugins import PluginRegistry
 
 CHATML = (
@@ -130,7 +131,11 @@ def test_chat_template_needs_a_tokenizer_with_a_chat_template(templates):
 
 def test_unknown_or_mistyped_options_are_rejected(templates):
     templates["classification"].validate_options({"instruction": "x", "output_label": "Label"})
-    with pytest.raises(ValueError, match="no option 'instrution'"):
+    with pytest.raises(InvalidArgument, match="no option 'instrution'") as info:
         templates["classification"].validate_options({"instrution": "x"})
-    with pytest.raises(ValueError, match="must be a string"):
+    assert info.value.field == "instrution"  # the option key alone
+    with pytest.raises(InvalidArgument, match="must be a string") as info:
         templates["chat"].validate_options({"system": 3})
+    assert info.value.field == "system"
+    with pytest.raises(InvalidArgument, match="has no option 'system'"):
+        templates["plain"].validate_options({"system": "x"})

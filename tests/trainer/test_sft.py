@@ -87,7 +87,7 @@ def test_lr_schedules():
     assert info.value.field == "hyperparameters.batch_size"
     # protobuf's JSON form sends int64 as strings; "" and None mean the default
     hp = resolve_hp({"max_steps": "12", "seed": "3", "lr_scheduler": "", "dtype": None, "learning_rate": 1e-3})
-    assert hp["max_steps"] == 12 and hp["seed"] == 3 and hp["lr_scheduler"] == "linear" and hp["dtype"] == "float32"
+    assert hp["max_steps"] == 12 and hp["seed"] == 3 and hp["lr_scheduler"] == "linear" and hp["dtype"] == "auto"
 
 
 def test_thread_tuner_fixed_and_auto():

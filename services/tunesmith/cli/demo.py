@@ -101,7 +101,7 @@ def run_demo(args) -> int:
         console.step("LoRA SFT (r=16, all linear layers, completion-only loss) on the trainer service")
         job = ts.trainer.create_job(trainer_pb2.TrainingJobSpec(
             base_model=args.base_model, dataset_id=train.id, train_split="train", validation_split="validation",
-            method=trainer_pb2.MethodSpec(name="lora", rank=16, alpha=32, target_modules=["all-linear"]),
+            method=trainer_pb2.MethodSpec(name="lora", lora=trainer_pb2.LoraConfig(rank=16, alpha=32, target_modules=["all-linear"])),
             hyperparameters=trainer_pb2.Hyperparameters(epochs=args.epochs, batch_size=8, learning_rate=5e-4,
                                                         warmup_ratio=0.05, seed=7, max_seq_length=256),
             merge=True))
@@ -166,6 +166,7 @@ def run_demo(args) -> int:
             "total_seconds": round(total, 1), "training_job_id": job_id, "evaluation_id": ev.job.id,
             "artifacts": {"adapter": result.adapter.uri, "merged_model": result.merged_model.uri,
                           "report": ev.report_artifact.uri},
+            "storage_root": ts.trainer.status().info.get("storage", ""),
             "serving": served_info, "samples": samples,
         }
         if args.json:
@@ -213,12 +214,10 @@ def _follow_training(console: Console, trainer, job_id: str) -> None:
 def _follow_evaluation(console: Console, evaluator, eval_id: str) -> None:
     from rich.progress import BarColumn, Progress, TextColumn
 
-    from tunesmith.api.common.v1 import common_pb2
-
     with Progress(TextColumn("   {task.fields[phase]}"), BarColumn(), TextColumn("{task.completed}/{task.total} rows"),
                   console=console.rich) as bar:
         task = bar.add_task("eval", total=None, phase="evaluating")
-        for ev in evaluator.watch(eval_id):
+        for ev in evaluator.events(eval_id):
             if ev.WhichOneof("payload") == "progress":
                 p = ev.progress
                 bar.update(task, total=p.total_steps, completed=p.step, phase=p.phase)
@@ -243,7 +242,8 @@ def _print_summary(console: Console, s: dict) -> None:
     for row in s["samples"]:
         table.add_row(row["message"], row["expected"], row["base"] or "(empty)", row["tuned"])
     r.print(table)
-    r.print("artifacts:")
+    r.print(f"artifacts (artifact://<kind>/<sha256> is the folder artifacts/<kind>/<sha256> of the storage "
+            f"root {s['storage_root']}):")
     for name, uri in s["artifacts"].items():
         r.print(f"  {name:<13} {uri}")
     r.print(f"total time: {s['total_seconds']:.0f} s")

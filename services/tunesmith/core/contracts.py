@@ -1,12 +1,28 @@
 """The shapes plugins provide. Hooks in tunesmith.core.hookspecs register objects of these kinds.
 
-These are structural Protocols: a plugin need not import or subclass them. Everything heavy
-(torch, transformers, peft, vllm) is imported inside the methods, never at module import.
+These are structural Protocols: a plugin need not import or subclass them. Each Protocol lists
+exactly the members the services call (nothing is looked up with getattr), and every
+registration is checked against its kind's Protocol when the plugins load
+(tunesmith.core.plugins; see `protocol_problems`). `tunesmith.testing.contracts` exercises a
+plugin's behaviour against the same contracts.
+
+Errors: a bad option or request is `tunesmith.core.errors.InvalidArgument` with `field` set to
+the option or argument name; an unknown name is `NotFound`; a call in the wrong state is
+`FailedPrecondition`.
+
+Everything heavy (torch, transformers, peft, vllm) is imported inside the methods, never at
+module import.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Protocol, Sequence, runtime_checkable
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tunesmith.core.storage import Artifact
 
 
 # --- PEFT methods -------------------------------------------------------------------------
@@ -16,28 +32,46 @@ class PeftMethod(Protocol):
 
     Attributes:
         name: registry name, e.g. "lora".
-        supports_merge: the adapter can be merged into the base weights.
+        supports_merge: the adapter can be merged into the base weights; then the folder that
+            the applied model's save_pretrained() writes is a peft adapter
+            (peft.PeftModel.from_pretrained loads it; the trainer merges it with merge_and_unload).
         quantized_base: the base is loaded quantised (QLoRA); load_kwargs says how.
+
+    `options` is a JSON-like dict (numbers from a protobuf Struct arrive as floats): rank, alpha,
+    dropout, target_modules and method-specific keys.
     """
 
     name: str
     supports_merge: bool
     quantized_base: bool
 
+    def validate(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Return the options normalised, with defaults filled in (validate({}) gives every
+        default; validating the result again returns it unchanged). Does not modify `options`.
+
+        Raises InvalidArgument with `field` set to the option key alone ("rank", not
+        "method.rank"); the trainer service prefixes the request path itself.
+        """
+
     def load_kwargs(self, options: dict[str, Any], device: str) -> dict[str, Any]:
-        """Extra kwargs for AutoModelForCausalLM.from_pretrained (e.g. quantization_config)."""
+        """Extra kwargs for AutoModelForCausalLM.from_pretrained (e.g. quantization_config);
+        {} when none. `device` is "cpu", "cuda", ... Raises like validate() on bad options."""
 
     def apply(self, model: Any, options: dict[str, Any]) -> Any:
-        """Return the model made trainable for this method (e.g. a peft PeftModel).
-
-        `options` holds rank, alpha, dropout, target_modules and method-specific keys.
-        """
+        """Return `model` made trainable for this method (e.g. a peft PeftModel): at least one
+        parameter requires grad, forward(input_ids, attention_mask, labels) gives .loss and
+        .logits, and save_pretrained(folder) writes what the method trains. Raises like
+        validate() on bad options, before touching the model."""
 
 
 # --- Prompt templates ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class RenderedExample:
-    """One example after templating. The trainer appends EOS to `completion`."""
+    """One example after templating. The trainer appends EOS to `completion`.
+
+    Services read only `prompt` and `completion`; a plugin may return any object with those two
+    string attributes.
+    """
 
     prompt: str
     completion: str
@@ -47,21 +81,38 @@ class RenderedExample:
 class PromptTemplate(Protocol):
     """Turns canonical fields (input, output, instruction, messages, ...) into prompt+completion.
 
-    `tokenizer` is given when the template needs the model's own chat template; templates that
-    do not need it must accept None.
+    Attributes:
+        name: registry name, e.g. "classification".
+        description: one line for users (shown by ListTemplates-style listings).
+        needs_tokenizer: render() needs the model's tokenizer (it renders the model's own chat
+            template). The data service refuses such a template without a tokenizer, and counts
+            its prompt tokens without adding special tokens again.
     """
 
     name: str
     description: str
+    needs_tokenizer: bool
+
+    def validate_options(self, options: dict[str, Any]) -> None:
+        """Check `options` (the dataset's template_options) once per dataset, before any row is
+        rendered. Raises InvalidArgument with `field` set to the option key for an unknown or
+        mistyped option; {} is always valid."""
 
     def render(self, fields: dict[str, Any], options: dict[str, Any], tokenizer: Any | None) -> RenderedExample:
-        """Render one row. Raise KeyError(field) or ValueError for a row it cannot render."""
+        """Render one row (positional arguments). Raise KeyError(field name) for a missing field,
+        ValueError (or InvalidArgument) for a row it cannot render; the data service reports
+        either against the row. Templates with needs_tokenizer False must accept tokenizer=None;
+        the others raise ValueError for None. Must not modify `fields` or `options`."""
 
 
 # --- Benchmarks ---------------------------------------------------------------------------
 @dataclass
 class BenchmarkResult:
-    """metrics: name -> value in [0, 1] unless documented; per_row: correctness per row or None."""
+    """metrics: name -> value in [0, 1] unless documented; per_row: correctness per row or None.
+
+    Services read only `metrics` and `per_row`; a plugin may return any object with those two
+    attributes.
+    """
 
     metrics: dict[str, float]
     per_row: list[bool] | None = None
@@ -69,13 +120,25 @@ class BenchmarkResult:
 
 @runtime_checkable
 class Benchmark(Protocol):
-    """Scores generated answers against references."""
+    """Scores generated answers against references.
+
+    Attributes:
+        name: registry name, e.g. "exact_match".
+        description: one line for users.
+    """
 
     name: str
     description: str
 
     def score(self, predictions: Sequence[str], references: Sequence[str]) -> BenchmarkResult:
-        """Score aligned predictions and references (equal lengths)."""
+        """Score aligned predictions and references (positional arguments).
+
+        Every metric is higher-is-better (the evaluator's regression gate treats a drop as a
+        regression) and in [0, 1] unless the benchmark documents otherwise; predictions equal to
+        their references get each metric's best value. per_row is None or one bool per row (the
+        evaluator bootstraps confidence intervals and McNemar's test from it). Deterministic.
+        Different lengths raise InvalidArgument (or ValueError).
+        """
 
 
 # --- Inference backends -------------------------------------------------------------------
@@ -98,68 +161,322 @@ class Generation:
     finish_reason: str  # "stop" | "length" | "cancelled"
 
 
+#: Every finish_reason a Generation may carry.
+FINISH_REASONS = frozenset({"stop", "length", "cancelled"})
+
 # A prompt is either raw completion text or a chat: a list of {"role", "content"} dicts.
 PromptInput = str | list[dict[str, str]]
 
 
 @runtime_checkable
-class LoadedModel(Protocol):
-    """A model loaded by an inference backend."""
+class GenerationStream(Protocol):
+    """What LoadedModel.stream() returns: an iterator of text deltas.
 
-    backend: str
+    `generation` is None until the iterator is exhausted, then the whole result (text = the
+    deltas joined, token counts, finish_reason) for usage reporting. close() stops generation
+    (within a token or so) and is harmless when repeated or after exhaustion.
+    """
 
-    def generate(self, prompts: Sequence[PromptInput], sampling: Sampling) -> list[Generation]:
-        """Generate for all prompts as one batch (or the engine's own batching)."""
+    generation: Generation | None
 
-    def stream(self, prompt: PromptInput, sampling: Sampling) -> Iterator[str]:
-        """Yield text deltas for one prompt; closing the iterator cancels generation."""
+    def __iter__(self) -> Iterator[str]:
+        """The stream itself."""
+
+    def __next__(self) -> str:
+        """The next text delta; StopIteration at the end."""
 
     def close(self) -> None:
-        """Free the model's memory."""
+        """Cancel generation and free what it holds."""
+
+
+@runtime_checkable
+class LoadedModel(Protocol):
+    """A model loaded by an inference backend. Safe to call from several threads at once.
+
+    Attributes:
+        backend: the backend's name ("vllm", "transformers").
+        dtype: the dtype it actually runs in ("float32", "bfloat16", ...), never "".
+
+    Unknown adapter names raise NotFound (field "adapter"); calls after close() raise
+    FailedPrecondition.
+    """
+
+    backend: str
+    dtype: str
+
+    def generate(self, prompts: Sequence[PromptInput], sampling: Sampling, *,
+                 adapter: str | None = None) -> list[Generation]:
+        """One Generation per prompt, in prompt order, generated as one batch (or the engine's
+        own batching). adapter=None runs the base weights; a name runs that loaded adapter.
+        Bad sampling values or prompts raise InvalidArgument naming the field."""
+
+    def stream(self, prompt: PromptInput, sampling: Sampling, *, adapter: str | None = None) -> GenerationStream:
+        """Text deltas for one prompt; with greedy sampling they join to generate()'s text."""
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Load the peft adapter folder `path` under `name` (loading a name again replaces it).
+        FailedPrecondition when the model was loaded without enable_adapters."""
+
+    def unload_adapter(self, name: str) -> None:
+        """Drop adapter `name`; NotFound when none by that name is loaded."""
+
+    def close(self) -> None:
+        """Free the model's memory. Harmless when repeated."""
 
 
 @runtime_checkable
 class InferenceBackend(Protocol):
-    """An engine that loads models from local folders (vllm, transformers)."""
+    """An engine that loads models from local folders (vllm, transformers).
+
+    Attributes:
+        name: registry name; equal to LoadedModel.backend of what it loads.
+    """
 
     name: str
 
     def available(self) -> tuple[bool, str]:
-        """(usable here?, reason). Must be cheap: no model load, no heavy import if avoidable."""
+        """(usable here?, a non-empty reason). Must be cheap: no model load, no heavy import if
+        avoidable."""
 
-    def load(self, model_path: str, *, dtype: str = "", max_model_len: int = 0, enable_adapters: bool = False) -> LoadedModel:
-        """Load the model in folder `model_path`."""
+    def load(self, model_path: str, *, dtype: str = "", max_model_len: int = 0,
+             enable_adapters: bool = False) -> LoadedModel:
+        """Load the Hugging Face model folder `model_path`. dtype "" is the backend's default;
+        max_model_len 0 is the model's own limit; enable_adapters allows load_adapter()."""
 
 
 # --- Training executors -------------------------------------------------------------------
 @runtime_checkable
 class ExecutionHandle(Protocol):
+    """A submitted job's process (or pod, ...)."""
+
     def poll(self) -> int | None:
-        """Exit code, or None while running."""
+        """Exit code, or None while running. 0 is success."""
 
     def cancel(self) -> None:
-        """Ask the work to stop (SIGTERM or equivalent)."""
+        """Ask the work to stop (SIGTERM or equivalent, then harder); returns at once and is
+        harmless after the work ended."""
 
     def wait(self, timeout: float | None = None) -> int | None:
-        """Wait for the exit code (None on timeout)."""
+        """Wait up to `timeout` seconds (None: forever) for the exit code; None on timeout."""
 
 
 @runtime_checkable
 class TrainingExecutor(Protocol):
-    """Where a training job runs: a local process now, a Kubernetes Job later."""
+    """Where a training job runs: a local process now, a Kubernetes Job later.
+
+    Attributes:
+        name: registry name, e.g. "local".
+    """
 
     name: str
 
     def submit(self, job_id: str, argv: list[str], env: dict[str, str], log_path: str) -> ExecutionHandle:
-        """Start `argv` (a python -m command) for the job; stdout/stderr go to log_path."""
+        """Start `argv` (a python -m command) for the job, with the service's environment plus
+        `env`; stdout and stderr are appended to the file `log_path`. Returns at once."""
 
 
-# --- Storage backends ---------------------------------------------------------------------
+# --- Storage ------------------------------------------------------------------------------
+@runtime_checkable
+class Storage(Protocol):
+    """Shared storage, as services and workers use it (tunesmith.core.storage.LocalStorage).
+
+    Keys are relative POSIX paths ("records/jobs/x.json"); a bad key (absolute, "..", ...)
+    raises StorageKeyError (an InvalidArgument). Every write is atomic: readers see the old or
+    the new content, never part of it. Artifacts are immutable, content-addressed folders.
+    Reading a missing key raises NotFound.
+
+    Attributes:
+        root: the root as a local folder; what a worker process is handed to open the same
+            storage with open_storage().
+        root_uri: the root as a URI ("file:///...").
+    """
+
+    root: Path
+    root_uri: str
+
+    # -- keys, URIs and local paths
+    def uri(self, key: str) -> str:
+        """A URI naming `key` in this storage (key_of(uri(k)) == k)."""
+
+    def key_of(self, uri: str) -> str:
+        """The key of a URI this storage hands out (an Artifact's uri, or uri(key));
+        InvalidArgument(field="uri") for anything else."""
+
+    def path(self, key: str) -> Path:
+        """A local path for `key` (for files a worker or a library reads or writes directly)."""
+
+    def local_path(self, uri: str) -> Path:
+        """The local path of `uri` (it need not exist)."""
+
+    def resolve(self, uri: str) -> Path:
+        """A readable local folder holding the stored artifact `uri`; NotFound when it is not
+        stored. Treat it as read-only."""
+
+    def staging_dir(self) -> ContextManager[Path]:
+        """A context manager giving a fresh private local folder, removed on exit; put_artifact
+        can move it in."""
+
+    # -- small files and records
+    def exists(self, key: str) -> bool:
+        """Whether something is stored at `key`."""
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Atomically create or replace the file at `key`."""
+
+    def read_bytes(self, key: str) -> bytes:
+        """The file at `key`; NotFound when there is none."""
+
+    def write_json(self, key: str, obj: Any) -> None:
+        """write_bytes of `obj` as JSON."""
+
+    def read_json(self, key: str) -> Any:
+        """read_bytes parsed as JSON."""
+
+    def append_line(self, key: str, line: str) -> None:
+        """Append `line` plus a newline to the file at `key` (created if missing); lines from
+        several writers never interleave."""
+
+    def list(self, prefix: str) -> list[str]:
+        """Sorted keys directly inside folder `prefix`; [] when there is no such folder."""
+
+    def delete(self, key: str) -> None:
+        """Remove the file or folder at `key`; nothing stored there is not an error."""
+
+    # -- artifacts
+    def put_artifact(self, kind: str, source: Any, *, move: bool = False) -> Artifact:
+        """Store the local file or folder `source` as an immutable artifact of `kind` and return
+        its reference (uri, sha256, kind, size_bytes). Equal content gives an equal reference.
+        move=True may move `source` (e.g. a staging_dir()) instead of copying it."""
+
+    def artifact(self, uri: str) -> Artifact:
+        """The reference of the stored artifact at `uri`; NotFound when there is none."""
+
+    def verify(self, ref: Artifact) -> bool:
+        """True when the artifact at ref.uri exists and its content hashes to ref.sha256."""
+
+    def clean_staging(self, older_than_seconds: float = 3600) -> int:
+        """Remove staging leftovers of killed writers older than that; returns how many."""
+
+
 @runtime_checkable
 class StorageBackendFactory(Protocol):
-    """Builds the storage for a root URI of its scheme (file, s3, ...)."""
+    """Builds the storage for a root of its scheme (file, s3, ...); a class with a `scheme`
+    class attribute qualifies.
+
+    Attributes:
+        scheme: the URI scheme it serves ("file").
+    """
 
     scheme: str
 
-    def __call__(self, root: str) -> Any:
-        """Return a tunesmith.core.storage.Storage-compatible object for `root`."""
+    def __call__(self, root: str) -> Storage:
+        """Return the Storage for `root` (a URI of this scheme, or a plain path for "file")."""
+
+
+# --- checking an object against a Protocol ------------------------------------------------
+_PROTOCOL_BASES = {"Protocol", "Generic", "object"}
+#: Dunder methods that count as Protocol members (iteration, calling).
+_DUNDER_MEMBERS = {"__call__", "__iter__", "__next__"}
+
+
+def protocol_members(protocol: type) -> list[tuple[str, Any]]:
+    """(name, declaration) of every member `protocol` declares, in declaration order: an
+    attribute's declaration is its annotation (a string), a method's is the function."""
+    members: dict[str, Any] = {}
+    for cls in reversed(protocol.__mro__):
+        if cls.__name__ in _PROTOCOL_BASES and cls.__module__ in ("typing", "builtins"):
+            continue
+        for name, annotation in cls.__dict__.get("__annotations__", {}).items():
+            members[name] = annotation
+        for name, value in cls.__dict__.items():
+            if name.startswith("__") and name not in _DUNDER_MEMBERS:
+                continue
+            if name.startswith("_") and not name.startswith("__"):
+                continue
+            if callable(value) or isinstance(value, property):
+                members[name] = value
+    return list(members.items())
+
+
+def _signature(obj: Any) -> inspect.Signature | None:
+    try:
+        return inspect.signature(obj)
+    except (TypeError, ValueError):  # builtins and some C types have none
+        return None
+
+
+def _call_shapes(declared: Any) -> list[tuple[list[str], list[str]]]:
+    """How callers may call the declared method: (positional names, keyword names) for the
+    fullest call (every positional parameter positionally, every keyword-only one by name) and
+    for the shortest (required positionals only)."""
+    sig = inspect.signature(declared)
+    params = list(sig.parameters.values())[1:]  # drop self
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p.name for p in params
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    keywords = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+    return [(positional, keywords), (required, [])]
+
+
+def _accepts(sig: inspect.Signature, positional: list[str], keywords: list[str]) -> bool:
+    try:
+        sig.bind(*[None] * len(positional), **{k: None for k in keywords})
+    except TypeError:
+        return False
+    return True
+
+
+def _declared_call(name: str, declared: Any) -> str:
+    """'load(model_path, *, dtype, max_model_len, enable_adapters)': how the Protocol calls it."""
+    positional, keywords = _call_shapes(declared)[0]
+    args = positional + ([f"*, {', '.join(keywords)}"] if keywords else [])
+    return f"{name}({', '.join(args)})"
+
+
+def protocol_problems(obj: Any, protocol: type) -> tuple[list[str], list[str]]:
+    """(missing, mismatched) for `obj` against `protocol`.
+
+    missing: members `obj` lacks (attributes and methods, declaration order). mismatched: one
+    line per method that is not callable or cannot be called the way the Protocol declares (its
+    positional arguments, and its keyword-only arguments by name), and per str/bool attribute
+    holding another type. isinstance() on a runtime_checkable Protocol only checks presence.
+    """
+    missing: list[str] = []
+    mismatched: list[str] = []
+    for name, declared in protocol_members(protocol):
+        if name == "__call__":
+            if not callable(obj):
+                missing.append(name)
+                continue
+            sig = _signature(obj)
+            if sig is not None and not all(_accepts(sig, p, k) for p, k in _call_shapes(declared)):
+                mismatched.append(f"__call__ does not accept {_declared_call('', declared)}")
+            continue
+        try:
+            value = getattr(obj, name)
+        except AttributeError:
+            missing.append(name)
+            continue
+        except Exception:  # a property that fails is there; its behaviour is for the contract tests
+            continue
+        if isinstance(declared, str):  # an annotated attribute
+            expected = {"str": str, "bool": bool}.get(declared)
+            if expected is not None and not isinstance(value, expected):
+                mismatched.append(f"{name} is {type(value).__name__}, not {declared}")
+            continue
+        if isinstance(declared, property):
+            continue
+        if not callable(value):
+            mismatched.append(f"{name} is not callable")
+            continue
+        sig = _signature(value)
+        if sig is not None and not all(_accepts(sig, p, k) for p, k in _call_shapes(declared)):
+            mismatched.append(f"{name} does not accept {_declared_call(name, declared)}")
+    return missing, mismatched
+
+
+def conformance_errors(obj: Any, protocol: type) -> list[str]:
+    """protocol_problems as messages: 'lacks a, b' first, then each mismatch; [] when `obj`
+    conforms."""
+    missing, mismatched = protocol_problems(obj, protocol)
+    return ([f"lacks {', '.join(missing)}"] if missing else []) + mismatched

@@ -3,7 +3,9 @@
 All hooks are register-style and collect-all: each plugin is called with a `register`
 callback and calls `register(name, obj)` once per thing it provides. The core
 (tunesmith.core.plugins) collects the registrations and decides what a duplicate name means:
-it is an error naming both plugins. Built-in plugins use these same hooks.
+it is an error naming both plugins. Every registered object is checked against its kind's
+Protocol in tunesmith.core.contracts at load (a missing member is a PluginError naming it).
+Built-in plugins use these same hooks.
 
 Plugins implement them with `@tunesmith.core.plugins.hookimpl` and are found through the
 entry-point group "tunesmith" (see README: "Writing a plugin").

@@ -18,12 +18,20 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from tunesmith.api.common.v1 import common_pb2
-from tunesmith.core.errors import FailedPrecondition, TunesmithError
+from tunesmith.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, TunesmithError
 from tunesmith.core.records import RecordStore, artifact_ref, paginate
 
 log = logging.getLogger("tunesmith.jobs")
 S = common_pb2.JobState
 TERMINAL = frozenset({S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED})
+
+
+def log_level(name: str) -> int:
+    """The LogLevel enum value of "debug", "info", "warning"/"warn" or "error" (else INFO)."""
+    name = (name or "info").strip().upper()
+    name = "WARNING" if name == "WARN" else name
+    return common_pb2.LogLevel.Value(f"LOG_LEVEL_{name}") if f"LOG_LEVEL_{name}" in common_pb2.LogLevel.keys() \
+        else common_pb2.LOG_LEVEL_INFO
 
 
 class JobCancelled(Exception):
@@ -114,7 +122,8 @@ class JobControl:
         self.manager._event(self.record, progress=p, save=False)
 
     def log(self, message: str, level: str = "info") -> None:
-        self.manager._event(self.record, log=common_pb2.LogLine(level=level, message=message), save=False)
+        """A log event; `level` is "debug", "info", "warning" or "error" (others: info)."""
+        self.manager._event(self.record, log=common_pb2.LogLine(level=log_level(level), message=message), save=False)
 
     def metrics(self, name: str, values: dict[str, float]) -> None:
         self.manager._event(self.record, metrics=common_pb2.Metrics(name=name, values=values), save=False)
@@ -159,11 +168,18 @@ class JobManager:
     def create(self, record: Message, idempotency_key: str = "", labels: dict[str, str] | None = None) -> Message:
         """Persist a new job (VALIDATING) and start it in the background; returns the record.
 
-        With an idempotency key seen before, returns that job instead (same key, same job).
+        With an idempotency key seen before and the same request (spec and labels), returns that
+        job instead; the same key with a different request is AlreadyExists naming the job.
         """
         with self.lock:
             if idempotency_key and idempotency_key in self.by_key:
-                return self.get(self.by_key[idempotency_key])
+                existing = self.get(self.by_key[idempotency_key])
+                if existing.spec != record.spec or dict(existing.job.labels) != dict(labels or {}):
+                    raise AlreadyExists(
+                        f"idempotency key {idempotency_key!r} was used for {self.noun} {existing.job.id} with a "
+                        "different request; use a new key for a new job", field="idempotency_key",
+                        code="idempotency_key_reused", metadata={"job_id": existing.job.id})
+                return existing
             job_id = f"{self.kind[:5]}-{uuid.uuid4().hex[:12]}"
             record.job.id, record.job.kind, record.job.state = job_id, self.kind, S.JOB_STATE_VALIDATING
             record.job.idempotency_key = idempotency_key
@@ -186,8 +202,10 @@ class JobManager:
         return self.records.get(job_id, field="job_id")
 
     def list(self, states: list[int] | None = None, page_size: int = 0, page_token: str = "") -> tuple[list[Message], str]:
-        items = sorted((self.get(r.job.id) for r in self.records.list()),
-                       key=lambda r: (r.job.created_at.seconds, r.job.created_at.nanos, r.job.id), reverse=True)
+        for i, state in enumerate(states or []):
+            if state not in S.values() or state == S.JOB_STATE_UNSPECIFIED:
+                raise InvalidArgument(f"unknown job state {state}", field=f"states[{i}]")
+        items = [self.get(r.job.id) for r in self.records.list()]
         if states:
             items = [r for r in items if r.job.state in states]
         return paginate(items, page_size, page_token)

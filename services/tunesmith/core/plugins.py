@@ -5,6 +5,10 @@
 - TUNESMITH_PLUGINS_ALLOW (comma-separated plugin names) loads only those; TUNESMITH_PLUGINS_BLOCK
   skips those. Names are the entry-point names, or the module names of built-ins.
 - A name registered twice for one kind is a PluginError naming both plugins.
+- Every registration is checked against its kind's Protocol (KIND_PROTOCOLS, from
+  tunesmith.core.contracts) as it is registered: an object lacking a member, with a method that
+  cannot be called as declared, or with a str/bool attribute of another type is a PluginError
+  naming the plugin, the registered name, the kind and every problem.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import Any
 
 import pluggy
 
-from tunesmith.core import hookspecs
+from tunesmith.core import contracts, hookspecs
 from tunesmith.core.errors import InvalidArgument, NotFound, PluginError
 
 hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT)
@@ -34,6 +38,30 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tunesmith_builtin.inference_vllm",
     "tunesmith_builtin.executor_local",
 )
+
+#: Registry kind -> the Protocol every registration of that kind must satisfy.
+KIND_PROTOCOLS: dict[str, type] = {
+    "peft_methods": contracts.PeftMethod,
+    "templates": contracts.PromptTemplate,
+    "benchmarks": contracts.Benchmark,
+    "storage_backends": contracts.StorageBackendFactory,
+    "inference_backends": contracts.InferenceBackend,
+    "training_executors": contracts.TrainingExecutor,
+}
+assert set(KIND_PROTOCOLS) == set(hookspecs.REGISTRY_KINDS.values()), "every registry kind needs its Protocol"
+
+
+def check_registration(plugin: str, kind: str, name: str, obj: Any) -> None:
+    """Raise PluginError unless `obj` satisfies KIND_PROTOCOLS[kind], e.g.
+    "plugin 'acme' registered peft_methods entry 'foo' which lacks validate, apply (...)"."""
+    protocol = KIND_PROTOCOLS[kind]
+    problems = contracts.conformance_errors(obj, protocol)
+    if problems:
+        what = "; ".join(p if p.startswith("lacks ") else f"whose {p}" for p in problems)
+        raise PluginError(
+            f"plugin {plugin!r} registered {kind} entry {name!r} which {what} "
+            f"(contract: {protocol.__module__}.{protocol.__qualname__})"
+        )
 
 
 @dataclass
@@ -115,6 +143,7 @@ class PluginRegistry:
                             f"duplicate {_kind} name {name!r}: registered by plugin {owners[name]!r} "
                             f"and by plugin {_plugin!r}; block one with {BLOCK_ENV}"
                         )
+                    check_registration(_plugin, _kind, name, obj)
                     registry[name] = obj
                     owners[name] = _plugin
 

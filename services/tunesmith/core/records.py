@@ -1,19 +1,21 @@
 """Proto messages stored as JSON records in shared storage (datasets, jobs, evaluations)."""
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
-import re
 from typing import TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from tunesmith.core.errors import NotFound
-from tunesmith.core.storage import Artifact, validate_key
+from tunesmith.core.errors import InvalidArgument, NotFound
+from tunesmith.core.formats._common import RECORD_ID as _ID
+from tunesmith.core.storage import Artifact, normalize_artifact, validate_key
 
 M = TypeVar("M", bound=Message)
 log = logging.getLogger("tunesmith.records")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def to_dict(msg: Message) -> dict:
@@ -61,20 +63,67 @@ class RecordStore:
         self.storage.delete(self._key(record_id))
 
 
-def paginate(items: list, page_size: int, page_token: str) -> tuple[list, str]:
-    """One page of `items` and the token of the next ("" at the end); the token is an offset."""
-    start = int(page_token) if page_token.isdigit() else 0
-    if page_size <= 0:
-        return items[start:], ""
-    end = start + page_size
-    return items[start:end], str(end) if end < len(items) else ""
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+def newest_first_key(msg: Message) -> tuple:
+    """Sort key of records listed newest first: (created_at seconds, nanos, id).
+
+    Works for job records (the common Job in `.job`) and for records with their own
+    created_at and id (datasets)."""
+    holder = msg.job if "job" in msg.DESCRIPTOR.fields_by_name else msg
+    return (holder.created_at.seconds, holder.created_at.nanos, holder.id)
+
+
+def _encode_token(key: tuple) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key), separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> tuple:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        key = json.loads(raw)
+        if not isinstance(key, list) or not key:
+            raise ValueError
+        return tuple(key)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise InvalidArgument("page_token is not a token this service returned", field="page.page_token") from None
+
+
+def paginate(items: list, page_size: int, page_token: str, key=newest_first_key) -> tuple[list, str]:
+    """One page of `items` (sorted newest first by `key`) and the next page's token ("" at the end).
+
+    Tokens are opaque: the key of the last item returned. The next page holds the items that
+    sort after it, so records created meanwhile (newer: they sort first) never shift or repeat
+    later pages. page_size 0 means DEFAULT_PAGE_SIZE; negative or above MAX_PAGE_SIZE is
+    InvalidArgument naming ``page.page_size``.
+    """
+    if page_size < 0 or page_size > MAX_PAGE_SIZE:
+        raise InvalidArgument(f"must be in [0, {MAX_PAGE_SIZE}] (0 = {DEFAULT_PAGE_SIZE}), got {page_size}",
+                              field="page.page_size")
+    size = page_size or DEFAULT_PAGE_SIZE
+    keyed = sorted(((tuple(key(item)), item) for item in items), key=lambda p: p[0], reverse=True)
+    if page_token:
+        cursor = _decode_token(page_token)
+        try:
+            keyed = [(k, item) for k, item in keyed if k < cursor]
+        except TypeError:
+            raise InvalidArgument("page_token is not a token this service returned", field="page.page_token") from None
+    page = keyed[:size]
+    more = len(keyed) > size
+    return [item for _, item in page], (_encode_token(page[-1][0]) if more and page else "")
 
 
 def artifact_ref(a: Artifact):
+    """The proto ArtifactRef of `a`, always with its artifact://<kind>/<sha256> URI (a legacy
+    file:// reference is rebuilt from its kind and sha256), so records never hold a location."""
     from tunesmith.api.common.v1 import common_pb2
 
+    a = normalize_artifact(a)
     return common_pb2.ArtifactRef(uri=a.uri, sha256=a.sha256, kind=a.kind, size_bytes=a.size_bytes)
 
 
 def artifact_from_ref(ref) -> Artifact:
-    return Artifact(ref.uri, ref.sha256, ref.kind, ref.size_bytes)
+    """The Artifact of a proto ArtifactRef, with its artifact:// URI (see artifact_ref)."""
+    return normalize_artifact(Artifact(ref.uri, ref.sha256, ref.kind, ref.size_bytes))

@@ -26,7 +26,8 @@ class Runtime:
 
     @cached_property
     def datasets(self):
-        from tunesmith.api.data.v1 import data_pb2
-        from tunesmith.core.records import RecordStore
+        """Typed, read-only dataset records (tunesmith.core.formats.dataset.DatasetRecords).
+        The data service, which writes them, keeps its own proto RecordStore."""
+        from tunesmith.core.formats.dataset import DatasetRecords
 
-        return RecordStore(self.storage, "datasets", data_pb2.Dataset, noun="dataset")
+        return DatasetRecords(self.storage)

@@ -10,23 +10,34 @@ import logging
 import signal
 import threading
 import time
+import uuid
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
 
-# Short service name -> fully qualified gRPC name, and the standard ports: defined once, in the SDK.
-from tunesmith.client.connection import DEFAULT_PORTS  # noqa: F401 - re-exported for the CLI
-from tunesmith.client.connection import SERVICES as SERVICE_NAMES
+from tunesmith.api.services import DEFAULT_PORTS  # noqa: F401 - re-exported for the CLI
+from tunesmith.api.services import SERVICES as SERVICE_NAMES
 from tunesmith.core import errors
 
 log = logging.getLogger("tunesmith.server")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-FIELD_METADATA_KEY = "tunesmith-field"
+#: How many rows of a refused data file's report travel in the error (counts cover them all).
+MAX_REPORT_ISSUES = 100
+#: An error travels in trailing metadata, which gRPC clients cap at 8 KiB by default (more and the
+#: client sees RESOURCE_EXHAUSTED "Stream removed" instead of the error). Messages echo input
+#: (ids, names, paths), so every text is cut, and the serialized google.rpc.Status (sent base64,
+#: beside the percent-encoded message) keeps to a budget: violations and report issues that do
+#: not fit are left out (the report's counts still cover them all).
+MAX_ERROR_TEXT_BYTES = 512
+MAX_STATUS_BYTES = 4096
 
 _STATUS_BY_ERROR: list[tuple[type[errors.TunesmithError], grpc.StatusCode]] = [
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -46,17 +57,81 @@ def status_code_for(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _abort(context: grpc.ServicerContext, method: str, exc: BaseException) -> None:
+def _pack(message) -> any_pb2.Any:
+    detail = any_pb2.Any()
+    detail.Pack(message)
+    return detail
+
+
+def clip(text: str, limit: int = MAX_ERROR_TEXT_BYTES) -> str:
+    """`text` as valid UTF-8 of at most `limit` bytes (cut ones end in "...")."""
+    raw = str(text).encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return raw.decode("utf-8")
+    return raw[:max(0, limit - 3)].decode("utf-8", "ignore") + "..."
+
+
+def report_message(report: dict, *, budget: int | None = None):
+    """A ValidationReport dict (tunesmith.data.prepare's shape) as the common proto, capped (at
+    MAX_REPORT_ISSUES issues, and at `budget` serialized bytes when given: sent in an error)."""
+    from tunesmith.api.common.v1 import common_pb2
+
+    out = common_pb2.ValidationReport(
+        source=str(report.get("source", "")), rows_read=int(report.get("rows_read", 0)),
+        rows_accepted=int(report.get("rows_accepted", 0)), rows_rejected=int(report.get("rows_rejected", 0)),
+        rows_filtered=int(report.get("rows_filtered", 0)), rows_deduplicated=int(report.get("rows_deduplicated", 0)),
+        counts_by_code={str(k): int(v) for k, v in (report.get("counts_by_code") or {}).items()})
+    if budget is not None:
+        out.source = clip(out.source)
+    for issue in list(report.get("issues") or [])[:MAX_REPORT_ISSUES]:
+        item = common_pb2.RowIssue(row=int(issue.get("row", 0)), field=str(issue.get("field", "")),
+                                   code=str(issue.get("code", "")), message=str(issue.get("message", "")))
+        if budget is not None:
+            item.field, item.code, item.message = clip(item.field, 256), clip(item.code, 64), clip(item.message)
+            if out.ByteSize() + item.ByteSize() + 4 > budget:
+                break
+        out.issues.append(item)
+    return out
+
+
+def status_for(exc: BaseException, method: str = "") -> status_pb2.Status:
+    """The google.rpc.Status a raised exception is sent as (see tunesmith.core.errors)."""
     code = status_code_for(exc)
-    if isinstance(exc, errors.TunesmithError):
-        message = str(exc)
-        if exc.field:
-            context.set_trailing_metadata(((FIELD_METADATA_KEY, exc.field),))
-        log.info("rpc error", extra={"method": method, "code": code.name, "detail": message})
-    else:
-        message = f"internal error: {type(exc).__name__}: {exc}"
-        log.exception("rpc failed", extra={"method": method})
-    context.abort(code, message)
+    if not isinstance(exc, errors.TunesmithError):
+        reference = uuid.uuid4().hex[:12]
+        log.error("rpc failed (a bug)", exc_info=exc, extra={"method": method, "reference": reference})
+        info = error_details_pb2.ErrorInfo(reason="INTERNAL", domain=errors.ERROR_DOMAIN,
+                                           metadata={"reference": reference})
+        return status_pb2.Status(code=code_pb2.INTERNAL, details=[_pack(info)],
+                                 message=f"internal error (reference {reference}); the service log has the details")
+    message = clip(str(exc))
+    metadata = {clip(k, 64): clip(v, 256) for k, v in exc.metadata.items()}
+    if exc.field:
+        metadata.setdefault("field", clip(exc.field, 256))
+    info = _pack(error_details_pb2.ErrorInfo(reason=clip(exc.reason, 64), domain=errors.ERROR_DOMAIN,
+                                             metadata=metadata))
+    budget = MAX_STATUS_BYTES - len(message.encode()) - info.ByteSize() - 16
+    details = []
+    if exc.violations and code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                                   grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED,
+                                   grpc.StatusCode.ALREADY_EXISTS):
+        bad = error_details_pb2.BadRequest()
+        for v in exc.violations:  # the first ones, as many as fit (the message names the count)
+            item = error_details_pb2.BadRequest.FieldViolation(field=clip(v.field, 256), description=clip(v.description))
+            if bad.ByteSize() + item.ByteSize() + 4 > budget - 64:
+                break
+            bad.field_violations.append(item)
+        details.append(_pack(bad))
+        budget -= details[-1].ByteSize() + 4
+    details.append(info)
+    if isinstance(exc, errors.DataValidationError) and exc.report:
+        details.append(_pack(report_message(exc.report, budget=max(0, budget - 64))))
+    log.info("rpc error", extra={"method": method, "code": code.name, "detail": str(exc)})
+    return status_pb2.Status(code=code.value[0], message=message, details=details)
+
+
+def _abort(context: grpc.ServicerContext, method: str, exc: BaseException) -> None:
+    context.abort_with_status(rpc_status.to_status(status_for(exc, method)))
 
 
 class ErrorMappingInterceptor(grpc.ServerInterceptor):

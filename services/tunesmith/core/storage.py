@@ -9,6 +9,13 @@ scheme has a storage-backend plugin):
     models/<name>.json              model-store entries pointing at model artifacts
     .tmp/                           staging; never visible as an artifact
 
+Artifact URIs are storage-relative: ``artifact://<kind>/<sha256>`` names the folder at the key
+``artifacts/<kind>/<sha256>`` in whichever root a reader opens, so a root can be copied or moved
+(or mounted at another path) and every reference still resolves. Records and worker files hold
+only such URIs. ``resolve(uri)`` is the one way to get a readable local folder for an artifact.
+For local tools a ``file://`` URI or an absolute path inside the root is accepted too and
+converted; anything outside the root is InvalidArgument.
+
 Contracts:
 - Keys are relative POSIX paths. Absolute paths, '..', backslashes, empty parts and anything
   resolving outside the root raise StorageKeyError naming the key.
@@ -23,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -35,7 +43,11 @@ from tunesmith.core.errors import InvalidArgument, NotFound, StorageKeyError
 
 MANIFEST = "MANIFEST.json"
 HOME_ENV = "TUNESMITH_HOME"
+ARTIFACT_SCHEME = "artifact"
+ARTIFACTS_PREFIX = "artifacts"
 _CHUNK = 1 << 20
+_KIND_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def default_root() -> str:
@@ -44,7 +56,10 @@ def default_root() -> str:
 
 @dataclass(frozen=True)
 class Artifact:
-    """A stored artifact; mirrors tunesmith.api.common.v1.ArtifactRef."""
+    """A stored artifact; mirrors tunesmith.api.common.v1.ArtifactRef.
+
+    uri is storage-relative, artifact://<kind>/<sha256> (see the module docstring).
+    """
 
     uri: str
     sha256: str
@@ -57,6 +72,55 @@ class Artifact:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Artifact":
         return cls(d["uri"], d["sha256"], d["kind"], int(d.get("size_bytes", 0)))
+
+
+def validate_kind(kind: str) -> str:
+    """Return `kind` if it is a usable artifact kind (one path segment: letters, digits, . _ -)."""
+    if not isinstance(kind, str) or not _KIND_RE.match(kind):
+        raise InvalidArgument(f"bad artifact kind {kind!r}: use letters, digits, '.', '_' or '-'", field="kind")
+    return kind
+
+
+def artifact_uri(kind: str, sha256: str) -> str:
+    """The storage-relative URI of an artifact: artifact://<kind>/<sha256>."""
+    validate_kind(kind)
+    if not isinstance(sha256, str) or not _SHA256_RE.match(sha256):
+        raise InvalidArgument(f"bad artifact sha256 {sha256!r}: 64 lowercase hex digits expected", field="sha256")
+    return f"{ARTIFACT_SCHEME}://{kind}/{sha256}"
+
+
+def is_artifact_uri(uri: str) -> bool:
+    return isinstance(uri, str) and uri.startswith(f"{ARTIFACT_SCHEME}://")
+
+
+def parse_artifact_uri(uri: str) -> tuple[str, str]:
+    """(kind, sha256) of an artifact:// URI; InvalidArgument(field="uri") if it is malformed."""
+    if not is_artifact_uri(uri):
+        raise InvalidArgument(f"{uri!r} is not an artifact URI (artifact://<kind>/<sha256>)", field="uri")
+    parts = uri[len(ARTIFACT_SCHEME) + 3:].split("/")
+    if len(parts) != 2 or not _KIND_RE.match(parts[0]) or not _SHA256_RE.match(parts[1]):
+        raise InvalidArgument(f"malformed artifact URI {uri!r}: expected artifact://<kind>/<64 hex sha256>",
+                              field="uri")
+    return parts[0], parts[1]
+
+
+def artifact_key(uri: str) -> str:
+    """The storage key of an artifact:// URI: artifacts/<kind>/<sha256>."""
+    kind, sha256 = parse_artifact_uri(uri)
+    return f"{ARTIFACTS_PREFIX}/{kind}/{sha256}"
+
+
+def normalize_artifact(a: Artifact) -> Artifact:
+    """`a` with its storage-relative URI. A legacy reference (a file:// URI or a path, from before
+    artifact:// URIs) is rebuilt from its kind and sha256, which name the artifact in any root.
+    InvalidArgument if the URI disagrees with the kind or sha256, or nothing names the artifact."""
+    if is_artifact_uri(a.uri):
+        kind, sha256 = parse_artifact_uri(a.uri)
+        if (a.kind and a.kind != kind) or (a.sha256 and a.sha256 != sha256):
+            raise InvalidArgument(f"artifact reference {a.uri} disagrees with its kind {a.kind!r} or sha256 "
+                                  f"{a.sha256[:12]!r}", field="uri")
+        return Artifact(a.uri, sha256, kind, a.size_bytes)
+    return Artifact(artifact_uri(a.kind, a.sha256), a.sha256, a.kind, a.size_bytes)
 
 
 def validate_key(key: str) -> str:
@@ -134,18 +198,39 @@ class LocalStorage:
         return p
 
     def uri(self, key: str) -> str:
+        """The local file:// URI of a key (for people and local tools; records hold artifact://)."""
         return self.path(key).as_uri()
 
     def key_of(self, uri: str) -> str:
-        """The key of a URI (or absolute path) inside this storage; InvalidArgument otherwise."""
-        path = Path(unquote(urlparse(uri).path) if uri.startswith("file://") else uri).resolve()
+        """The key of an artifact:// URI (artifacts/<kind>/<sha256>), or of a file:// URI or
+        absolute path inside this root; InvalidArgument(field="uri") otherwise."""
+        if not isinstance(uri, str) or not uri:
+            raise InvalidArgument("artifact URI is empty", field="uri")
+        if is_artifact_uri(uri):
+            return artifact_key(uri)
+        if "://" in uri and not uri.startswith("file://"):
+            raise InvalidArgument(f"{uri!r}: unsupported URI scheme (use artifact://<kind>/<sha256>)", field="uri")
+        raw = unquote(urlparse(uri).path) if uri.startswith("file://") else uri
+        if not os.path.isabs(raw):
+            raise InvalidArgument(f"{uri!r} is neither an artifact:// URI nor an absolute path", field="uri")
+        path = Path(raw).resolve()
         if self.root not in path.parents:
             raise InvalidArgument(f"{uri!r} is not inside storage root {self.root_uri}", field="uri")
         return path.relative_to(self.root).as_posix()
 
     def local_path(self, uri: str) -> Path:
-        """A local path to read the artifact or file at `uri` (a file:// URI or a path)."""
+        """The local path of `uri` (artifact://, or a file:// URI or path inside the root); it
+        need not exist. To read an artifact use resolve(), which checks that it is there."""
         return self.path(self.key_of(uri))
+
+    def resolve(self, uri: str) -> Path:
+        """A readable local folder holding the artifact `uri` (here: the folder in place).
+
+        NotFound if no complete artifact is stored there. Treat the folder as read-only."""
+        folder = self.local_path(uri)
+        if not (folder / MANIFEST).is_file():
+            raise NotFound(f"no artifact {uri} in storage {self.root_uri}", field="uri")
+        return folder
 
     @contextlib.contextmanager
     def staging_dir(self) -> Iterator[Path]:
@@ -220,7 +305,7 @@ class LocalStorage:
         is moved instead of copied (it must be on the same filesystem, e.g. a staging_dir()).
         Storing equal content twice returns the same artifact.
         """
-        validate_key(kind)
+        validate_kind(kind)
         src = Path(source)
         if not src.exists():
             raise NotFound(f"cannot store {src}: it does not exist", field="source")
@@ -244,7 +329,7 @@ class LocalStorage:
                 if p.is_file():
                     with open(p, "rb+") as f:
                         os.fsync(f.fileno())
-            dest = self.path(f"artifacts/{kind}/{digest}")
+            dest = self.path(f"{ARTIFACTS_PREFIX}/{kind}/{digest}")
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.rename(stage, dest)  # atomic; fails if dest exists (same content stored)
@@ -252,35 +337,43 @@ class LocalStorage:
                 if not (dest / MANIFEST).exists():
                     raise
             _fsync_dir(dest.parent)
-            return Artifact(dest.as_uri(), digest, kind, size)
+            return Artifact(artifact_uri(kind, digest), digest, kind, size)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 
     def artifact(self, uri: str) -> Artifact:
-        """The reference of a stored artifact, read from its manifest."""
-        folder = self.local_path(uri)
+        """The reference (with its artifact:// URI) of a stored artifact, read from its manifest.
+        `uri` may also be a file:// URI or path of the artifact's folder inside this root."""
+        key = self.key_of(uri)
+        folder = self.path(key)
         manifest_path = folder / MANIFEST
         if not manifest_path.is_file():
             raise NotFound(f"no artifact at {uri}", field="uri")
         m = json.loads(manifest_path.read_text())
+        if key != f"{ARTIFACTS_PREFIX}/{m.get('kind')}/{m.get('sha256')}":
+            raise NotFound(f"{uri} is not a stored artifact (artifacts live at "
+                           f"{ARTIFACTS_PREFIX}/<kind>/<sha256>)", field="uri")
         size = sum(f["size"] for f in m["files"].values())
-        return Artifact(folder.as_uri(), m["sha256"], m["kind"], size)
+        return Artifact(artifact_uri(m["kind"], m["sha256"]), m["sha256"], m["kind"], size)
 
     def verify(self, ref: Artifact) -> bool:
         """True if the artifact at ref.uri exists and its content hashes to ref.sha256."""
-        folder = self.local_path(ref.uri)
+        try:
+            folder = self.local_path(ref.uri)
+        except InvalidArgument:
+            return False
         if not (folder / MANIFEST).is_file():
             return False
         return manifest_digest(build_manifest(folder)) == ref.sha256
 
     def list_artifacts(self, kind: str | None = None) -> list[Artifact]:
-        base = self.root / "artifacts"
+        base = self.root / ARTIFACTS_PREFIX
         kinds = [kind] if kind else sorted(p.name for p in base.iterdir()) if base.is_dir() else []
         found = []
         for k in kinds:
             for folder in sorted((base / k).glob("*")) if (base / k).is_dir() else []:
-                if (folder / MANIFEST).is_file():
-                    found.append(self.artifact(folder.as_uri()))
+                if (folder / MANIFEST).is_file() and _KIND_RE.match(k) and _SHA256_RE.match(folder.name):
+                    found.append(self.artifact(artifact_uri(k, folder.name)))
         return found
 
     def clean_staging(self, older_than_seconds: float = 3600) -> int:

@@ -1,5 +1,8 @@
 """The dataset preparation pipeline: pure functions, no gRPC and no storage.
 
+The prepared folder it leads to (dataset.json + <split>.jsonl) is written and read by
+tunesmith.core.formats.dataset, the one definition the trainer and evaluator read too.
+
     rows -> column mapping -> per-row validation -> label filter -> dedup -> template rendering
          -> seeded split (optionally stratified) -> per-split caps -> nested subsets -> statistics
 
@@ -16,26 +19,24 @@ Contracts:
 - Stratified orders interleave labels so that every prefix keeps the label proportions (within
   one row per label); the validation split, the caps and the nested subsets are prefixes of
   such orders, which is what makes nested subsets nest.
-- Token statistics (when a tokenizer is given) count the prompt as the trainer tokenizes it
-  (with the tokenizer's special tokens, except for templates that render the model's own chat
-  template, which already contains them) and the completion plus the EOS the trainer appends.
+- Token statistics (when a tokenizer is given) count the prompt as the trainer and the inference
+  backends tokenize it (tunesmith.core.tokens.encode_prompts: the tokenizer's special tokens, but
+  no second BOS for a prompt that already starts with one, e.g. a rendered chat template) and the
+  completion plus the EOS the trainer appends.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field, fields as dc_fields
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from tunesmith.core.contracts import PromptTemplate
-from tunesmith.core.errors import DataValidationError, InvalidArgument, NotFound
+from tunesmith.core.errors import DataValidationError, InvalidArgument
+from tunesmith.core.formats.dataset import DatasetManifest
 
 MAX_ISSUES = 100
-FORMAT_VERSION = "tunesmith.prepared/v1"
-MANIFEST_FILE = "dataset.json"
 
 SCHEMAS: tuple[str, ...] = ("classification", "alpaca", "chat", "prompt_completion", "text", "preference")
 _SCHEMA_NUMBERS = {0: "", 1: "classification", 2: "alpaca", 3: "chat", 4: "prompt_completion", 5: "text", 6: "preference"}
@@ -75,7 +76,6 @@ CHAT_ROLES = {
     # ShareGPT speakers
     "human": "user", "gpt": "assistant", "model": "assistant", "function": "tool", "observation": "tool",
 }
-_SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def normalize_schema(value: str | int | None) -> str:
@@ -187,17 +187,11 @@ class PreparedDataset:
     def split_rows(self) -> dict[str, int]:
         return {name: len(rows) for name, rows in self.splits.items()}
 
-    def manifest(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT_VERSION,
-            "source": self.source,
-            "spec": self.spec.to_dict(),
-            "template": self.template,
-            "report": self.report,
-            "labels": self.labels,
-            "statistics": self.statistics,
-            "splits": self.split_rows(),
-        }
+    def manifest(self) -> DatasetManifest:
+        """The prepared folder's dataset.json (written by tunesmith.core.formats.dataset)."""
+        return DatasetManifest(splits=self.split_rows(), source=self.source, template=self.template,
+                               labels=list(self.labels), spec=self.spec.to_dict(), report=self.report,
+                               statistics=self.statistics)
 
 
 # --- validation ---------------------------------------------------------------------------
@@ -403,13 +397,11 @@ def _template(spec: PrepareSpec, templates: Mapping[str, PromptTemplate], tokeni
         raise InvalidArgument(f"unknown template {name!r} (known: {', '.join(sorted(templates)) or 'none'})",
                               field="template")
     template = templates[name]
-    check = getattr(template, "validate_options", None)
-    if callable(check):
-        try:
-            check(spec.template_options)
-        except ValueError as exc:
-            raise InvalidArgument(str(exc), field="template_options") from None
-    if getattr(template, "needs_tokenizer", False) and tokenizer is None:
+    try:
+        template.validate_options(dict(spec.template_options))
+    except InvalidArgument as exc:  # the template names the option key; the spec field is ours
+        raise InvalidArgument(exc.message, field="template_options") from None
+    if template.needs_tokenizer and tokenizer is None:
         raise InvalidArgument(f"template {name!r} renders the model's chat template and needs a tokenizer; "
                               f"set tokenizer_model", field="tokenizer_model")
     return template
@@ -522,19 +514,13 @@ def length_statistics(values: list[int]) -> dict[str, Any]:
             "p50": _percentile(s, 50), "p95": _percentile(s, 95), "p99": _percentile(s, 99)}
 
 
-def _token_lengths(tokenizer: Any, texts: list[str], add_special_tokens: bool, batch: int = 1024) -> list[int]:
-    out: list[int] = []
-    for start in range(0, len(texts), batch):
-        encoded = tokenizer(texts[start:start + batch], add_special_tokens=add_special_tokens)
-        ids = encoded["input_ids"] if isinstance(encoded, Mapping) or hasattr(encoded, "keys") else encoded.input_ids
-        out.extend(len(x) for x in ids)
-    return out
+def _count_tokens(examples: list[dict[str, Any]], tokenizer: Any) -> dict[int, tuple[int, int]]:
+    """source_row -> (prompt tokens, completion tokens incl. the EOS the trainer appends), with
+    prompts tokenised by tunesmith.core.tokens (as the trainer and the inference backends do)."""
+    from tunesmith.core.tokens import encode_completions, encode_prompts
 
-
-def _count_tokens(examples: list[dict[str, Any]], tokenizer: Any, chat_template: bool) -> dict[int, tuple[int, int]]:
-    """source_row -> (prompt tokens, completion tokens incl. the EOS the trainer appends)."""
-    prompts = _token_lengths(tokenizer, [e["prompt"] for e in examples], add_special_tokens=not chat_template)
-    completions = _token_lengths(tokenizer, [e["completion"] for e in examples], add_special_tokens=False)
+    prompts = [len(x) for x in encode_prompts(tokenizer, [e["prompt"] for e in examples])]
+    completions = [len(x) for x in encode_completions(tokenizer, [e["completion"] for e in examples])]
     eos = 1 if getattr(tokenizer, "eos_token_id", None) is not None else 0
     return {e["source_row"]: (p, c + eos) for e, p, c in zip(examples, prompts, completions)}
 
@@ -642,7 +628,7 @@ def prepare(rows: list[tuple[int, dict[str, Any]]], spec: PrepareSpec, *, source
     # statistics
     counts = None
     if tokenizer is not None:
-        counts = _count_tokens(train + validation, tokenizer, bool(getattr(template, "needs_tokenizer", False)))
+        counts = _count_tokens(train + validation, tokenizer)
         if spec.max_seq_length:
             for e in sorted(train + validation, key=lambda e: e["source_row"]):
                 p, c = counts[e["source_row"]]
@@ -674,40 +660,3 @@ def _strip(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _strip(v) for k, v in value.items()}
     return value
-
-
-# --- the prepared folder ------------------------------------------------------------------
-def write_prepared(prepared: PreparedDataset, folder: Path | str) -> dict[str, Any]:
-    """Write <split>.jsonl for every split plus dataset.json; returns dataset.json's content.
-
-    The folder is plain files: the caller stages it and stores it as an artifact.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, examples in prepared.splits.items():
-        with open(folder / f"{name}.jsonl", "w", encoding="utf-8", newline="\n") as f:
-            for example in examples:
-                f.write(json.dumps(example, ensure_ascii=False) + "\n")
-    manifest = prepared.manifest()
-    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return manifest
-
-
-def read_manifest(folder: Path | str) -> dict[str, Any]:
-    path = Path(folder) / MANIFEST_FILE
-    if not path.is_file():
-        raise NotFound(f"{folder} is not a prepared dataset (no {MANIFEST_FILE})", field="dataset")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def read_split(folder: Path | str, split: str) -> list[dict[str, Any]]:
-    """The examples of one split of a prepared folder; NotFound listing the splits it has."""
-    folder = Path(folder)
-    if not isinstance(split, str) or not _SPLIT_NAME.match(split):
-        raise InvalidArgument(f"bad split name {split!r}", field="split")
-    path = folder / f"{split}.jsonl"
-    if not path.is_file():
-        known = sorted(p.stem for p in folder.glob("*.jsonl"))
-        raise NotFound(f"no split {split!r} (splits: {', '.join(known) or 'none'})", field="split")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import uuid
 from pathlib import Path
@@ -18,14 +19,20 @@ from google.protobuf import json_format
 
 from tunesmith.api.common.v1 import common_pb2
 from tunesmith.api.data.v1 import data_pb2, data_pb2_grpc
-from tunesmith.core.errors import InvalidArgument, NotFound, Unimplemented
-from tunesmith.core.records import artifact_ref, paginate
+from tunesmith.core.checks import check_model
+from tunesmith.core.errors import InvalidArgument, NotFound, TunesmithError, Unimplemented, Violations
+from tunesmith.core.validation import check_enum, check_int, check_struct
+from tunesmith.core.records import RecordStore, artifact_ref, paginate
 from tunesmith.core.runtime import Runtime
+from tunesmith.core.server import report_message
 from tunesmith.core.status import service_status
+from tunesmith.data.validation import accept_dataset_spec, check_filename
 
 log = logging.getLogger("tunesmith.data")
 
 MAX_UPLOAD_BYTES = 2 * 1024 ** 3
+MAX_RENDER_ROWS = 1000
+MAX_PREVIEW_ROWS = 1000
 TOKENIZER_TEMPLATES = {"chat"}
 
 
@@ -66,18 +73,6 @@ def statistics_proto(stats: dict, tokenizer_model: str) -> data_pb2.DatasetStati
     return out
 
 
-def report_proto(report: dict) -> data_pb2.ValidationReport:
-    r = data_pb2.ValidationReport(
-        source=report.get("source", ""), rows_read=report.get("rows_read", 0),
-        rows_accepted=report.get("rows_accepted", 0), rows_rejected=report.get("rows_rejected", 0),
-        rows_filtered=report.get("rows_filtered", 0), rows_deduplicated=report.get("rows_deduplicated", 0),
-        counts_by_code=report.get("counts_by_code", {}))
-    for issue in report.get("issues", []):
-        r.issues.add(row=issue.get("row", 0), field=issue.get("field", ""), code=issue.get("code", ""),
-                     message=issue.get("message", ""))
-    return r
-
-
 def example_proto(ex: dict) -> data_pb2.Example:
     out = data_pb2.Example(source_row=ex.get("source_row", 0), prompt=ex.get("prompt", ""),
                            completion=ex.get("completion", ""), rejected=ex.get("rejected", "") or "",
@@ -91,6 +86,9 @@ def example_proto(ex: dict) -> data_pb2.Example:
 class DataServicer(data_pb2_grpc.DataServiceServicer):
     def __init__(self, runtime: Runtime):
         self.rt = runtime
+        # This service writes the dataset records (proto JSON); other services read them typed,
+        # without these protos, through runtime.datasets (tunesmith.core.formats.dataset).
+        self.datasets = RecordStore(runtime.storage, "datasets", data_pb2.Dataset, noun="dataset")
         self._tokenizers: dict[str, object] = {}
         self._tok_lock = threading.Lock()
 
@@ -104,7 +102,8 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             return self._tokenizers[model]
 
     def _register(self, source: Path, filename: str, spec: data_pb2.DatasetSpec) -> data_pb2.RegisterDatasetResponse:
-        from tunesmith.data.prepare import prepare, write_prepared
+        from tunesmith.core.formats.dataset import store_prepared
+        from tunesmith.data.prepare import prepare
         from tunesmith.data.readers import read_rows
 
         pspec = prepare_spec(spec)
@@ -121,11 +120,8 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         prepared = prepare(rows, pspec, source=filename, templates=templates, tokenizer=tokenizer)
 
         storage = self.rt.storage
-        with storage.staging_dir() as tmp:
-            folder = tmp / "prepared"
-            write_prepared(prepared, folder)
-            source_art = storage.put_artifact("dataset-source", source)
-            art = storage.put_artifact("dataset", folder, move=True)
+        source_art = storage.put_artifact("dataset-source", source)
+        art = store_prepared(storage, prepared.splits, prepared.manifest())
         ds = data_pb2.Dataset(id=f"ds-{uuid.uuid4().hex[:12]}", name=spec.name or Path(filename).stem, spec=spec,
                               artifact=artifact_ref(art), source=artifact_ref(source_art),
                               labels=prepared.labels,
@@ -133,13 +129,16 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         ds.created_at.GetCurrentTime()
         for name, examples in prepared.splits.items():
             ds.splits.add(name=name, rows=len(examples), artifact=artifact_ref(art))
-        self.rt.datasets.put(ds.id, ds)  # last: the dataset exists only once everything is stored
+        self.datasets.put(ds.id, ds)  # last: the dataset exists only once everything is stored
         log.info("dataset registered", extra={"dataset_id": ds.id, "source": filename,
                                                "splits": {s.name: s.rows for s in ds.splits}})
-        return data_pb2.RegisterDatasetResponse(dataset=ds, report=report_proto(prepared.report))
+        return data_pb2.RegisterDatasetResponse(dataset=ds, report=report_message(prepared.report))
 
-    def _prepared_folder(self, ds: data_pb2.Dataset) -> Path:
-        return self.rt.storage.local_path(ds.artifact.uri)
+    def _prepared_folder(self, ds: data_pb2.Dataset):
+        """The dataset's prepared artifact (tunesmith.core.formats.dataset.PreparedFolder)."""
+        from tunesmith.core.formats.dataset import read_prepared
+
+        return read_prepared(self.rt.storage, ds.artifact.uri)
 
     # -- RPCs ------------------------------------------------------------------------------
     def GetStatus(self, request, context):
@@ -153,6 +152,10 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         if parsed.scheme not in ("", "file"):
             raise InvalidArgument(f"unsupported scheme {parsed.scheme!r} in {uri!r}; use a path or file:// URI "
                                   "(or upload the file with UploadDataset)", field="source_uri")
+        if "\x00" in uri or len(uri) > 4096:
+            raise InvalidArgument("must be a path or file:// URI of at most 4096 characters, without NUL",
+                                  field="source_uri")
+        accept_dataset_spec(request.spec, self.rt, "spec")
         path = Path(unquote(parsed.path) if parsed.scheme == "file" else uri).expanduser()
         if not path.is_file():
             raise NotFound(f"no file at {uri!r}", field="source_uri")
@@ -163,10 +166,12 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidArgument("the first UploadDataset message must carry the header", field="header")
         header = first.header
-        name = Path(header.filename).name
-        if not name or name in (".", "..") or name == "MANIFEST.json" or name.startswith(".tmp"):
-            raise InvalidArgument(f"header.filename {header.filename!r} is not a usable file name (it names the "
-                                  "format and appears in errors, e.g. tickets.csv)", field="header.filename")
+        name = check_filename(header.filename, "header.filename")
+        if header.sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", header.sha256):
+            raise InvalidArgument("must be 64 hex digits (the sha256 of the whole file)", field="header.sha256")
+        if not 0 <= header.size_bytes <= MAX_UPLOAD_BYTES:
+            raise InvalidArgument(f"must be in [0, {MAX_UPLOAD_BYTES}] (0 = not announced)", field="header.size_bytes")
+        accept_dataset_spec(header.spec, self.rt, "header.spec")
         digest, size = hashlib.sha256(), 0
         with self.rt.storage.staging_dir() as tmp:
             path = tmp / name
@@ -187,60 +192,85 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             return self._register(path, name, header.spec)
 
     def GetDataset(self, request, context):
-        return self.rt.datasets.get(request.dataset_id, field="dataset_id")
+        return self.datasets.get(request.dataset_id, field="dataset_id")
 
     def ListDatasets(self, request, context):
-        items = sorted(self.rt.datasets.list(), key=lambda d: (d.created_at.seconds, d.id), reverse=True)
+        items = sorted(self.datasets.list(), key=lambda d: (d.created_at.seconds, d.id), reverse=True)
         page, nxt = paginate(items, request.page.page_size, request.page.page_token)
         return data_pb2.ListDatasetsResponse(datasets=page, next_page_token=nxt)
 
     def PreviewDataset(self, request, context):
-        from tunesmith.data.prepare import read_split
-
-        ds = self.rt.datasets.get(request.dataset_id, field="dataset_id")
+        v = Violations()
+        check_int(v, request.offset, "offset", 0, 2**62)
+        check_int(v, request.limit, "limit", 0, MAX_PREVIEW_ROWS)
+        v.raise_if_any()
+        ds = self.datasets.get(request.dataset_id, field="dataset_id")
         split = request.split or "train"
         if split not in {s.name for s in ds.splits}:
             raise NotFound(f"dataset {ds.id} has no split {split!r} (splits: {', '.join(s.name for s in ds.splits)})",
                            field="split")
-        rows = read_split(self._prepared_folder(ds), split)
+        rows = self._prepared_folder(ds).rows(split)
         limit = request.limit or 10
         chosen = rows[request.offset:request.offset + limit]
         return data_pb2.PreviewDatasetResponse(examples=[example_proto(r) for r in chosen], total_rows=len(rows))
 
     def GetDatasetStatistics(self, request, context):
-        return self.rt.datasets.get(request.dataset_id, field="dataset_id").statistics
+        return self.datasets.get(request.dataset_id, field="dataset_id").statistics
 
     def DeleteDataset(self, request, context):
-        self.rt.datasets.get(request.dataset_id, field="dataset_id")
+        self.datasets.get(request.dataset_id, field="dataset_id")
         # Artifacts stay: they are immutable and jobs may reference them.
-        self.rt.datasets.delete(request.dataset_id)
+        self.datasets.delete(request.dataset_id)
         return data_pb2.DeleteDatasetResponse()
 
     def RenderTemplate(self, request, context):
-        name = request.template or "classification"
-        template = self.rt.registry.get("templates", name)
-        tokenizer = self._tokenizer(request.tokenizer_model) if request.tokenizer_model else None
+        from tunesmith.data.prepare import DEFAULT_TEMPLATES, normalize_schema
+
+        v = Violations()
+        check_enum(v, data_pb2.Schema, request.schema, "schema")
+        v.check(0 < len(request.rows) <= MAX_RENDER_ROWS, "rows", f"1 to {MAX_RENDER_ROWS} rows are required")
+        check_struct(v, request.template_options, "template_options")
+        for i, row in enumerate(request.rows[:MAX_RENDER_ROWS]):
+            check_struct(v, row, f"rows[{i}]")
+        v.raise_if_any()
+        name = request.template or DEFAULT_TEMPLATES[normalize_schema(request.schema)]
+        template = self.rt.registry.require("templates", name, "template")
         options = json_format.MessageToDict(request.template_options)
+        try:
+            template.validate_options(options)
+        except TunesmithError as exc:
+            raise exc.prefixed("template_options") from None
+        if request.tokenizer_model:
+            check_model(self.rt.models, request.tokenizer_model, "tokenizer_model")
+        elif template.needs_tokenizer:
+            raise InvalidArgument(f"template {name!r} renders the model's chat template: name the model whose "
+                                  "tokenizer to use", field="tokenizer_model")
+        tokenizer = self._tokenizer(request.tokenizer_model) if request.tokenizer_model else None
         out = data_pb2.RenderTemplateResponse()
-        for i, row in enumerate(request.rows, start=1):
+        for i, row in enumerate(request.rows):
             fields = json_format.MessageToDict(row)
             try:
                 rendered = template.render(fields, options, tokenizer)
-            except (KeyError, ValueError) as exc:
-                raise InvalidArgument(f"row {i}: template {name!r} cannot render it: {exc}", field=f"rows[{i - 1}]")
-            out.examples.add(source_row=i, prompt=rendered.prompt, completion=rendered.completion)
+            except KeyError as exc:
+                key = exc.args[0] if exc.args else ""
+                raise InvalidArgument(f"template {name!r} needs field {key!r}", field=f"rows[{i}].{key}") from None
+            except TunesmithError as exc:
+                raise exc.prefixed(f"rows[{i}]") from None
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgument(f"template {name!r} cannot render it: {exc}", field=f"rows[{i}]") from None
+            out.examples.add(source_row=i + 1, prompt=rendered.prompt, completion=rendered.completion)
         return out
 
     def CreateSyntheticDataJob(self, request, context):
         raise Unimplemented("synthetic data generation is on the roadmap (data service in depth), not built yet")
 
-    def GetJob(self, request, context):
+    def GetDataJob(self, request, context):
         raise NotFound(f"no data job with id {request.job_id!r}", field="job_id")
 
-    def CancelJob(self, request, context):
+    def CancelDataJob(self, request, context):
         raise NotFound(f"no data job with id {request.job_id!r}", field="job_id")
 
-    def StreamJobEvents(self, request, context):
+    def StreamDataJobEvents(self, request, context):
         raise NotFound(f"no data job with id {request.job_id!r}", field="job_id")
         yield common_pb2.JobEvent()  # pragma: no cover - makes this a generator
 

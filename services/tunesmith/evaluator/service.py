@@ -5,20 +5,18 @@ backend plugin (default: transformers, batched), never one row at a time.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 from tunesmith.api.evaluator.v1 import evaluator_pb2, evaluator_pb2_grpc
 from tunesmith.core.contracts import Sampling
-from tunesmith.core.errors import InvalidArgument, NotFound
 from tunesmith.core.jobs import JobControl, JobFailed, JobManager
 from tunesmith.core.runtime import Runtime
 from tunesmith.core.status import service_status
-from tunesmith.evaluator.stats import bootstrap_ci, mcnemar_p
+from tunesmith.evaluator.stats import bootstrap_metric_cis, mcnemar_p, paired_bootstrap_p, resamples_for
+from tunesmith.evaluator.validation import DEFAULT_BACKEND, accept_evaluation_request
 
 log = logging.getLogger("tunesmith.evaluator")
-DEFAULT_BACKEND = "transformers"
 
 
 class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
@@ -30,25 +28,15 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
 
     # -- job stages ------------------------------------------------------------------------
     def _validate(self, record: evaluator_pb2.Evaluation, control: JobControl) -> None:
-        spec = record.spec
-        ds = self.rt.datasets.get(spec.dataset_id, field="spec.dataset_id")
-        if spec.split not in {s.name for s in ds.splits}:
-            raise JobFailed("invalid_split", f"dataset {ds.id} has no split {spec.split!r}", "spec.split")
-        for i, m in enumerate(spec.models):
-            try:
-                self.rt.models.local_path(m.model)
-            except NotFound as exc:
-                raise JobFailed("unknown_model", exc.message, f"spec.models[{i}].model") from None
-            if m.adapter.uri:
-                raise JobFailed("unsupported", "evaluating an adapter on top of a model is not supported yet; "
-                                "evaluate the merged model", f"spec.models[{i}].adapter")
+        # CreateEvaluation checked everything knowable; the models are resolved when loaded.
+        control.log(f"evaluating {len(record.spec.models)} model(s) on {record.spec.dataset_id}/{record.spec.split}")
 
     def _execute(self, record: evaluator_pb2.Evaluation, control: JobControl) -> None:
-        from tunesmith.data.prepare import read_split
+        from tunesmith.core.formats.dataset import read_prepared
 
         spec = record.spec
         ds = self.rt.datasets.get(spec.dataset_id)
-        rows = read_split(self.rt.storage.local_path(ds.artifact.uri), spec.split)
+        rows = read_prepared(self.rt.storage, ds.artifact.uri).rows(spec.split)
         if spec.max_rows:
             rows = rows[: spec.max_rows]
         if not rows:
@@ -96,28 +84,34 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
             per_row[m.label] = {}
             for bname, bench in benchmarks.items():
                 result = bench.score(texts, references)
+                cis = bootstrap_metric_cis(_row_scorer(bench, texts, references), len(texts),
+                                           resamples=resamples_for(len(texts)), seed=spec.generation.seed)
                 for metric, value in result.metrics.items():
-                    lo, hi = bootstrap_ci(result.per_row, seed=spec.generation.seed) if result.per_row else (value, value)
+                    lo, hi = cis.get(metric, (value, value))
                     score.metrics.add(benchmark=bname, metric=metric, value=value, ci_low=lo, ci_high=hi)
                 if result.per_row is not None:
                     per_row[m.label][bname] = list(result.per_row)
             control.metrics(f"scores:{m.label}", {f"{mv.benchmark}.{mv.metric}": mv.value for mv in score.metrics})
 
-        self._compare(record, per_row)
+        self._compare(record, per_row, outputs, references, benchmarks)
         self._samples(record, rows, references, outputs, per_row)
-        with self.rt.storage.staging_dir() as tmp:
-            from tunesmith.core.records import to_dict
+        from tunesmith.core.formats.report import EvaluationReport, OutputRow, store_report
+        from tunesmith.core.records import to_dict
 
-            (tmp / "report.json").write_text(json.dumps(to_dict(record.report), indent=2))
-            (tmp / "outputs.jsonl").write_text("".join(
-                json.dumps({"row": r.get("source_row"), "prompt": p, "reference": ref,
-                            **{label: outs[i] for label, outs in outputs.items()}}) + "\n"
-                for i, (r, p, ref) in enumerate(zip(rows, prompts, references))))
-            art = self.rt.storage.put_artifact("report", tmp)  # report.json + every row's outputs
+        art = store_report(  # report.json + every row's outputs
+            self.rt.storage,
+            EvaluationReport(evaluation_id=record.job.id, report=to_dict(record.report), dataset_id=spec.dataset_id,
+                             split=spec.split),
+            (OutputRow(int(r.get("source_row") or i + 1), p, ref, {label: outs[i] for label, outs in outputs.items()})
+             for i, (r, p, ref) in enumerate(zip(rows, prompts, references))))
         record.report_artifact.CopyFrom(control.output(art))
         control.save()
 
-    def _compare(self, record, per_row: dict[str, dict[str, list[bool]]]) -> None:
+    def _compare(self, record, per_row: dict[str, dict[str, list[bool]]], outputs: dict[str, list[str]],
+                 references: list[str], benchmarks: dict) -> None:
+        """Each candidate against the baseline, per metric: McNemar's exact test for a metric
+        that is the mean of the benchmark's per-row correctness (accuracy, exact match), a paired
+        bootstrap test for any other (macro-F1, ...)."""
         spec, report = record.spec, record.report
         baseline = spec.baseline or (spec.models[0].label if spec.models else "")
         gate = True
@@ -130,9 +124,16 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
                 if key not in base_scores:
                     continue
                 delta = mv.value - base_scores[key]
-                p = 1.0
-                if mv.benchmark in per_row.get(baseline, {}) and mv.benchmark in per_row.get(s.label, {}):
-                    p = mcnemar_p(per_row[baseline][mv.benchmark], per_row[s.label][mv.benchmark])
+                base_rows = per_row.get(baseline, {}).get(mv.benchmark)
+                cand_rows = per_row.get(s.label, {}).get(mv.benchmark)
+                if base_rows is not None and cand_rows is not None and _is_row_mean(base_scores[key], base_rows) \
+                        and _is_row_mean(mv.value, cand_rows):
+                    p = mcnemar_p(base_rows, cand_rows)
+                else:
+                    bench = benchmarks[mv.benchmark]
+                    p = paired_bootstrap_p(_row_scorer(bench, outputs[baseline], references),
+                                           _row_scorer(bench, outputs[s.label], references), len(references),
+                                           mv.metric, resamples=resamples_for(len(references)), seed=spec.generation.seed)
                 report.comparisons.add(baseline=baseline, candidate=s.label, metric=f"{mv.benchmark}.{mv.metric}",
                                        delta=delta, p_value=p, significant=p < 0.05)
                 if spec.regression_tolerance and delta < -spec.regression_tolerance:
@@ -156,28 +157,7 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
                                                               "default_backend": DEFAULT_BACKEND})
 
     def CreateEvaluation(self, request, context):
-        spec = evaluator_pb2.EvaluationSpec()
-        spec.CopyFrom(request.spec)
-        if not spec.dataset_id:
-            raise InvalidArgument("dataset_id is required", field="spec.dataset_id")
-        self.rt.datasets.get(spec.dataset_id, field="spec.dataset_id")
-        if not spec.models:
-            raise InvalidArgument("at least one model is required", field="spec.models")
-        labels = [m.label for m in spec.models]
-        for i, m in enumerate(spec.models):
-            if not m.label or not m.model:
-                raise InvalidArgument("each model needs a label and a model", field=f"spec.models[{i}]")
-        if len(set(labels)) != len(labels):
-            raise InvalidArgument(f"model labels must be unique (got {labels})", field="spec.models")
-        if not spec.benchmarks:
-            spec.benchmarks.append("exact_match")
-        for i, b in enumerate(spec.benchmarks):
-            self.rt.registry.require("benchmarks", b, f"spec.benchmarks[{i}]")
-        spec.backend = spec.backend or DEFAULT_BACKEND
-        self.rt.registry.require("inference_backends", spec.backend, "spec.backend")
-        spec.split = spec.split or "validation"
-        if spec.baseline and spec.baseline not in labels:
-            raise InvalidArgument(f"baseline {spec.baseline!r} is not one of the model labels {labels}", field="spec.baseline")
+        spec = accept_evaluation_request(request, self.rt)
         return self.jobs.create(evaluator_pb2.Evaluation(spec=spec), request.idempotency_key, dict(request.labels))
 
     def GetEvaluation(self, request, context):
@@ -190,8 +170,18 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
     def CancelEvaluation(self, request, context):
         return self.jobs.cancel(request.job_id)
 
-    def WatchEvaluation(self, request, context):
+    def StreamEvaluationEvents(self, request, context):
         yield from self.jobs.events(request.job_id, request.from_sequence, request.follow, alive=context.is_active)
+
+
+def _row_scorer(bench, predictions: list[str], references: list[str]):
+    """score(row indices) -> the benchmark's metrics on those rows (for the bootstrap)."""
+    return lambda idx: bench.score([predictions[i] for i in idx], [references[i] for i in idx]).metrics
+
+
+def _is_row_mean(value: float, rows: list[bool]) -> bool:
+    """Whether a metric is the mean of the per-row correctness (then McNemar applies)."""
+    return bool(rows) and abs(value - sum(rows) / len(rows)) < 1e-9
 
 
 def add_to_server(servicer, server) -> None:

@@ -7,11 +7,18 @@ transformers backend serves and the reason is reported (ServedModel.backend_reas
 from __future__ import annotations
 
 import logging
+import re
 import threading
 
+from tunesmith.api.common.v1 import common_pb2
 from tunesmith.api.inference.v1 import inference_pb2, inference_pb2_grpc
+from tunesmith.core.checks import check_model
 from tunesmith.core.contracts import Sampling
-from tunesmith.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from tunesmith.core.dtypes import dtype_enum, dtype_name
+from tunesmith.core.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, TunesmithError,
+                                   Violations)
+from tunesmith.core.unimplemented import refuse_unimplemented
+from tunesmith.core.validation import check_enum, check_float, check_int, check_strings
 from tunesmith.core.records import artifact_ref
 from tunesmith.core.runtime import Runtime
 from tunesmith.core.status import service_status
@@ -20,24 +27,59 @@ log = logging.getLogger("tunesmith.inference")
 PREFERENCE = ("vllm", "transformers")
 
 
-def sampling_from(p: inference_pb2.SamplingParams) -> Sampling:
-    if p.temperature < 0:
-        raise InvalidArgument("temperature must be >= 0", field="sampling.temperature")
-    if p.max_new_tokens < 0:
-        raise InvalidArgument("max_new_tokens must be >= 0", field="sampling.max_new_tokens")
+MAX_PROMPTS = 256
+MAX_PROMPT_CHARS = 1_000_000
+_ROLES = {inference_pb2.CHAT_ROLE_SYSTEM: "system", inference_pb2.CHAT_ROLE_USER: "user",
+          inference_pb2.CHAT_ROLE_ASSISTANT: "assistant", inference_pb2.CHAT_ROLE_TOOL: "tool"}
+_FINISH = {"stop": inference_pb2.FINISH_REASON_STOP, "length": inference_pb2.FINISH_REASON_LENGTH,
+           "cancelled": inference_pb2.FINISH_REASON_CANCELLED}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+def finish_reason(name: str) -> int:
+    """The FinishReason of a backend's finish reason ("stop", "length", "cancelled")."""
+    return _FINISH.get(name, inference_pb2.FINISH_REASON_UNSPECIFIED)
+
+
+def sampling_from(p: inference_pb2.SamplingParams, prefix: str = "sampling") -> Sampling:
+    """Sampling settings, every field checked (InvalidArgument listing each bad one)."""
+    v = Violations()
+    check_int(v, p.max_new_tokens, f"{prefix}.max_new_tokens", 1, 8192, zero_means="128")
+    check_float(v, p.temperature, f"{prefix}.temperature", 0.0, 2.0)
+    check_float(v, p.top_p, f"{prefix}.top_p", 0.0, 1.0, lo_open=True, zero_means="1.0")
+    check_int(v, p.top_k, f"{prefix}.top_k", 0, 1_000_000)
+    check_strings(v, p.stop, f"{prefix}.stop", max_items=16)
+    check_int(v, p.seed, f"{prefix}.seed", 0, 2**63 - 1)
+    check_float(v, p.repetition_penalty, f"{prefix}.repetition_penalty", 0.0, 2.0, lo_open=True, zero_means="1.0")
+    v.raise_if_any()
     return Sampling(max_new_tokens=p.max_new_tokens or 128, temperature=p.temperature, top_p=p.top_p or 1.0,
                     top_k=p.top_k, stop=list(p.stop), seed=p.seed, repetition_penalty=p.repetition_penalty or 1.0)
 
 
 def prompt_from(p: inference_pb2.Prompt, index: int):
+    """A backend prompt (text, or a list of {"role", "content"}) from the proto, checked."""
+    where = f"prompts[{index}]"
     kind = p.WhichOneof("kind")
     if kind == "text":
+        if len(p.text) > MAX_PROMPT_CHARS:
+            raise InvalidArgument(f"at most {MAX_PROMPT_CHARS} characters", field=f"{where}.text")
         return p.text
     if kind == "chat":
-        if not p.chat.messages:
-            raise InvalidArgument("a chat prompt needs at least one message", field=f"prompts[{index}].chat")
-        return [{"role": m.role, "content": m.content} for m in p.chat.messages]
-    raise InvalidArgument("each prompt needs text or chat", field=f"prompts[{index}]")
+        v = Violations()
+        v.check(0 < len(p.chat.messages) <= 1024, f"{where}.chat.messages", "a chat prompt needs 1-1024 messages")
+        for j, m in enumerate(p.chat.messages):
+            v.check(m.role in _ROLES, f"{where}.chat.messages[{j}].role",
+                    "must be CHAT_ROLE_SYSTEM, CHAT_ROLE_USER, CHAT_ROLE_ASSISTANT or CHAT_ROLE_TOOL")
+            v.check(len(m.content) <= MAX_PROMPT_CHARS, f"{where}.chat.messages[{j}].content",
+                    f"at most {MAX_PROMPT_CHARS} characters")
+        v.raise_if_any()
+        return [{"role": _ROLES[m.role], "content": m.content} for m in p.chat.messages]
+    raise InvalidArgument("each prompt needs text or chat", field=where)
+
+
+def _check_name(name: str, field: str) -> None:
+    if not _NAME.match(name or ""):
+        raise InvalidArgument("is required: 1-128 characters of letters, digits, '.', '_', ':', '/', '-'", field=field)
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -51,7 +93,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         """The backend to use and why, or FailedPrecondition naming what is missing."""
         backends = self.rt.registry.all("inference_backends")
         if requested:
-            backend = self.rt.registry.get("inference_backends", requested)
+            backend = self.rt.registry.require("inference_backends", requested, "backend")
             ok, reason = backend.available()
             if not ok:
                 raise FailedPrecondition(f"inference backend {requested!r} is not usable here: {reason}", field="backend")
@@ -68,12 +110,21 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             skipped.append(f"{name} unavailable ({reason})")
         raise FailedPrecondition("no inference backend is usable here: " + "; ".join(skipped), field="backend")
 
-    def _get(self, name: str, field: str = "model"):
+    def _get(self, name: str, field: str = "model", *, ready: bool = True):
+        """(ServedModel, loaded) by name; NotFound if unknown; FailedPrecondition if `ready` is
+        asked and it is still loading or failed."""
         with self.lock:
             if name not in self.served:
                 known = ", ".join(sorted(self.served)) or "none loaded"
                 raise NotFound(f"no served model named {name!r} (served: {known}); call LoadModel first", field=field)
-            return self.served[name]
+            served, loaded = self.served[name]
+            if ready and served.state == inference_pb2.SERVED_MODEL_STATE_LOADING:
+                raise FailedPrecondition(f"{name!r} is still loading; poll GetServedModel until READY", field=field,
+                                         code="model_loading")
+            if ready and served.state == inference_pb2.SERVED_MODEL_STATE_FAILED:
+                raise FailedPrecondition(f"{name!r} failed to load: {served.error.message}", field=field,
+                                         code="model_load_failed")
+            return served, loaded
 
     # -- RPCs ------------------------------------------------------------------------------
     def GetStatus(self, request, context):
@@ -86,35 +137,69 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return service_status("inference", self.rt.registry, info)
 
     def LoadModel(self, request, context):
-        if not request.name:
-            raise InvalidArgument("name is required (the name to serve it under)", field="name")
-        if not request.model:
-            raise InvalidArgument("model is required (a model-store name or a model artifact URI)", field="model")
+        """Checks the request, then loads on a background thread: returns at once in LOADING."""
+        _check_name(request.name, "name")
+        v = Violations()
+        v.check(bool(request.model), "model", "is required: a model-store name or a model artifact URI")
+        check_enum(v, common_pb2.Dtype, request.dtype, "dtype")
+        check_int(v, request.max_model_len, "max_model_len", 0, 1 << 20)
+        v.raise_if_any()
+        check_model(self.rt.models, request.model, "model")
+        backend, reason = self.choose_backend(request.backend or self.default_backend)
+        served = inference_pb2.ServedModel(name=request.name, kind="model", backend=backend.name,
+                                           backend_reason=reason, dtype=request.dtype,
+                                           state=inference_pb2.SERVED_MODEL_STATE_LOADING)
         with self.lock:
             if request.name in self.served:
-                raise AlreadyExists(f"a model is already served as {request.name!r}; unload it first", field="name")
-        try:
-            path = self.rt.models.local_path(request.model)
-            entry_artifact = (self.rt.storage.artifact(request.model) if request.model.startswith("file://")
-                              else self.rt.models.get(request.model).artifact)
-        except NotFound as exc:
-            raise NotFound(exc.message, field="model") from None
-        backend, reason = self.choose_backend(request.backend or self.default_backend)
+                raise AlreadyExists(f"something is already served as {request.name!r}; unload it first", field="name")
+            self.served[request.name] = (served, None)
         log.info("loading model", extra={"model_name": request.name, "backend": backend.name, "reason": reason})
-        loaded = backend.load(str(path), dtype=request.dtype, max_model_len=request.max_model_len,
-                              enable_adapters=request.enable_adapters)
-        served = inference_pb2.ServedModel(name=request.name, kind="model", backend=backend.name,
-                                           backend_reason=reason, dtype=request.dtype or getattr(loaded, "dtype", ""))
-        served.artifact.CopyFrom(artifact_ref(entry_artifact))
+        threading.Thread(target=self._load, args=(served, request, backend), name=f"load-{request.name}",
+                         daemon=True).start()
+        return self._copy(served)
+
+    def _load(self, served: inference_pb2.ServedModel, request, backend) -> None:
+        try:
+            entry = self.rt.models.get(request.model)
+            path = self.rt.storage.resolve(entry.artifact.uri)
+            loaded = backend.load(str(path), dtype=dtype_name(request.dtype, ""), max_model_len=request.max_model_len,
+                                  enable_adapters=request.enable_adapters)
+        except Exception as exc:  # noqa: BLE001 - a failed load fails the served model, not the service
+            known = isinstance(exc, TunesmithError)
+            if not known:
+                log.exception("loading a model failed", extra={"model_name": served.name})
+            with self.lock:
+                served.state = inference_pb2.SERVED_MODEL_STATE_FAILED
+                served.error.CopyFrom(common_pb2.JobError(
+                    code=exc.code if known else "load_failed",
+                    message=str(exc) if known else f"{type(exc).__name__}: {exc}", field=(exc.field or "") if known else ""))
+            return
         with self.lock:
-            if request.name in self.served:  # lost a race with another LoadModel
-                loaded.close()
-                raise AlreadyExists(f"a model is already served as {request.name!r}", field="name")
-            self.served[request.name] = (served, loaded)
-        return served
+            served.artifact.CopyFrom(artifact_ref(entry.artifact))
+            served.dtype = dtype_enum(loaded.dtype)
+            served.state = inference_pb2.SERVED_MODEL_STATE_READY
+            current = self.served.get(served.name)
+            if current is not None and current[0] is served:
+                self.served[served.name] = (served, loaded)
+                return
+        loaded.close()  # unloaded while loading
+
+    @staticmethod
+    def _copy(served: inference_pb2.ServedModel) -> inference_pb2.ServedModel:
+        out = inference_pb2.ServedModel()
+        out.CopyFrom(served)
+        return out
+
+    def GetServedModel(self, request, context):
+        served, _ = self._get(request.name, "name", ready=False)
+        with self.lock:
+            return self._copy(served)
 
     def UnloadModel(self, request, context):
-        served, loaded = self._get(request.name, "name")
+        served, loaded = self._get(request.name, "name", ready=False)
+        if served.state == inference_pb2.SERVED_MODEL_STATE_LOADING:
+            raise FailedPrecondition(f"{request.name!r} is still loading; unload it once it is READY or FAILED",
+                                     field="name", code="model_loading")
         if served.kind == "adapter":
             raise FailedPrecondition(f"{request.name!r} is an adapter; use UnloadAdapter", field="name")
         with self.lock:
@@ -123,22 +208,31 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 raise FailedPrecondition(f"adapters {adapters} are served on {request.name!r}; unload them first",
                                          field="name")
             self.served.pop(request.name, None)
-        loaded.close()
+        if loaded is not None:  # None: it failed to load
+            loaded.close()
         return inference_pb2.UnloadModelResponse()
 
     def LoadAdapter(self, request, context):
+        _check_name(request.name, "name")
+        if not request.adapter.uri:
+            raise InvalidArgument("is required: the adapter artifact (artifact://adapter/...)", field="adapter.uri")
         base_served, loaded = self._get(request.base, "base")
-        if not request.name:
-            raise InvalidArgument("name is required", field="name")
         if base_served.kind != "model":
             raise FailedPrecondition(f"{request.base!r} is an adapter; adapters go on a model", field="base")
         with self.lock:
             if request.name in self.served:
                 raise AlreadyExists(f"something is already served as {request.name!r}", field="name")
-        adapter_dir = self.rt.storage.local_path(request.adapter.uri)
-        loaded.load_adapter(request.name, str(adapter_dir))
+        try:
+            adapter_dir = self.rt.storage.resolve(request.adapter.uri)
+        except (InvalidArgument, NotFound) as exc:
+            raise type(exc)(exc.message, field="adapter.uri") from None
+        try:
+            loaded.load_adapter(request.name, str(adapter_dir))
+        except (InvalidArgument, NotFound) as exc:  # the backend names its own argument (adapter_dir)
+            raise type(exc)(exc.message, field="adapter.uri", code=exc.code) from None
         served = inference_pb2.ServedModel(name=request.name, kind="adapter", base=request.base,
-                                           backend=base_served.backend, artifact=request.adapter)
+                                           backend=base_served.backend, artifact=request.adapter,
+                                           state=inference_pb2.SERVED_MODEL_STATE_READY)
         with self.lock:
             self.served[request.name] = (served, loaded)
         return served
@@ -154,32 +248,36 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     def ListModels(self, request, context):
         with self.lock:
-            return inference_pb2.ListServedModelsResponse(models=[s for s, _ in self.served.values()])
+            return inference_pb2.ListServedModelsResponse(models=[self._copy(s) for s, _ in self.served.values()])
 
     def _target(self, name: str):
         served, loaded = self._get(name)
         return loaded, (name if served.kind == "adapter" else None), served
 
-    def Generate(self, request, context):
-        loaded, adapter, served = self._target(request.model)
-        if not request.prompts:
-            raise InvalidArgument("at least one prompt is required", field="prompts")
+    def _checked(self, request, *, stream: bool):
+        """(prompts, sampling) of a Generate request, every field checked before any work."""
+        refuse_unimplemented(request)
+        if stream and len(request.prompts) != 1:
+            raise InvalidArgument("GenerateStream takes exactly one prompt", field="prompts")
+        if not 0 < len(request.prompts) <= MAX_PROMPTS:
+            raise InvalidArgument(f"1 to {MAX_PROMPTS} prompts are required, got {len(request.prompts)}", field="prompts")
         prompts = [prompt_from(p, i) for i, p in enumerate(request.prompts)]
-        kwargs = {"adapter": adapter} if adapter else {}
-        results = loaded.generate(prompts, sampling_from(request.sampling), **kwargs)
+        return prompts, sampling_from(request.sampling)
+
+    def Generate(self, request, context):
+        prompts, sampling = self._checked(request, stream=False)
+        loaded, adapter, served = self._target(request.model)
+        results = loaded.generate(prompts, sampling, adapter=adapter)
         return inference_pb2.GenerateResponse(
             model=request.model, backend=served.backend,
             completions=[inference_pb2.Completion(text=g.text, prompt_tokens=g.prompt_tokens,
                                                   completion_tokens=g.completion_tokens,
-                                                  finish_reason=g.finish_reason) for g in results])
+                                                  finish_reason=finish_reason(g.finish_reason)) for g in results])
 
     def GenerateStream(self, request, context):
+        (prompt,), sampling = self._checked(request, stream=True)
         loaded, adapter, _ = self._target(request.model)
-        if len(request.prompts) != 1:
-            raise InvalidArgument("GenerateStream takes exactly one prompt", field="prompts")
-        prompt = prompt_from(request.prompts[0], 0)
-        kwargs = {"adapter": adapter} if adapter else {}
-        stream = loaded.stream(prompt, sampling_from(request.sampling), **kwargs)
+        stream = loaded.stream(prompt, sampling, adapter=adapter)
         count = 0
         try:
             for delta in stream:
@@ -188,9 +286,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 count += 1
                 yield inference_pb2.GenerateChunk(delta=delta, completion_tokens=count)
             # Once exhausted, the backend's stream knows the real token count and why it ended.
-            final = getattr(stream, "generation", None)
+            final = stream.generation
             yield inference_pb2.GenerateChunk(
-                finish_reason=final.finish_reason if final else "stop",
+                finish_reason=finish_reason(final.finish_reason if final else "stop"),
                 completion_tokens=final.completion_tokens if final else count)
         finally:
             stream.close()  # a cancelled call stops generation
@@ -200,6 +298,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             items = list(self.served.values())
             self.served.clear()
         for _, loaded in items:
+            if loaded is None:
+                continue
             try:
                 loaded.close()
             except Exception:  # noqa: BLE001

@@ -2,6 +2,7 @@
 
 The result (safetensors weights, config, generation config, tokenizer) loads with
 transformers' from_pretrained and with vLLM like any base model; no peft needed to serve it.
+merge_artifacts does it between artifacts: artifact URIs in, a stored "model" artifact out.
 """
 from __future__ import annotations
 
@@ -35,3 +36,12 @@ def merge_adapter(base_model_path: str, adapter_dir: str, output_dir: Path, dtyp
         tokenizer = AutoTokenizer.from_pretrained(base_model_path)
     tokenizer.save_pretrained(str(output_dir))
     return output_dir
+
+
+def merge_artifacts(storage, base_model_uri: str, adapter_uri: str, dtype: str = "float32"):
+    """Merge the adapter artifact `adapter_uri` into the model artifact `base_model_uri` (both
+    resolved through `storage`) and store the result as a "model" artifact; its Artifact."""
+    with storage.staging_dir() as tmp:
+        merged = merge_adapter(str(storage.resolve(base_model_uri)), str(storage.resolve(adapter_uri)),
+                               tmp / "merged", dtype=dtype)
+        return storage.put_artifact("model", merged, move=True)

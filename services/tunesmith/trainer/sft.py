@@ -34,37 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from tunesmith.trainer.hyperparameters import DEFAULTS
+from tunesmith.trainer.hyperparameters import resolve as resolve_hyperparameters
+
 IGNORE_INDEX = -100
 
-DEFAULT_HP: dict[str, Any] = {
-    "epochs": 1,
-    "max_steps": 0,
-    "batch_size": 8,
-    "gradient_accumulation_steps": 1,
-    "learning_rate": 2e-4,
-    "lr_scheduler": "linear",
-    "warmup_ratio": 0.0,
-    "warmup_steps": None,
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-    "seed": 0,
-    "max_seq_length": 512,
-    "dtype": "float32",
-    "log_every_steps": 1,
-    "eval_every_steps": 0,
-    "early_stopping_patience": 0,
-    "completion_only_loss": True,
-    "device": "auto",
-    "num_threads": 0,  # 0 = auto (calibrated, see the module docstring)
-    "gradient_checkpointing": False,
-    "optimizer": "adamw",
-    "packing": False,
-    "attn_implementation": None,
-}
+# The one hyperparameter schema (defaults, limits, checks) lives in tunesmith.trainer.hyperparameters.
+DEFAULT_HP = DEFAULTS
 
-_SCHEDULERS = ("linear", "cosine", "constant")
-_DTYPES = ("float32", "bfloat16", "float16", "auto")
-_OPTIMIZERS = ("adamw", "adamw_8bit", "sgd")
 # How many batches' worth of examples are sorted together when bucketing by length.
 _BUCKET_BATCHES = 50
 # final_train_loss is the mean loss of this many last optimizer steps.
@@ -103,11 +80,13 @@ def encode_rows(tokenizer: Any, rows: Sequence[dict], max_seq_length: int,
                 completion_only_loss: bool = True) -> list[EncodedExample]:
     """Tokenise prompt/completion rows.
 
-    The prompt gets the tokenizer's normal special tokens (as ``tokenizer(text)`` adds them;
-    none for Llama-3/SmolLM2-style tokenizers, BOS for Llama-2 style), the completion none,
-    then ``eos_token_id`` is appended. Rows longer than ``max_seq_length`` lose tokens from the
-    left of the prompt (a leading BOS is kept) so the completion survives; if the completion
-    plus EOS alone does not fit, it is cut from the right (no EOS) after one prompt token.
+    The prompt is tokenised by ``tunesmith.core.tokens.encode_prompts`` (the tokenizer's normal
+    special tokens, but no second BOS when the text already starts with one, as a rendered chat
+    template does; the data service's statistics and the inference backends use the same rule),
+    the completion gets no special tokens, then ``eos_token_id`` is appended. Rows longer than
+    ``max_seq_length`` lose tokens from the left of the prompt (a leading BOS is kept) so the
+    completion survives; if the completion plus EOS alone does not fit, it is cut from the right
+    (no EOS) after one prompt token.
     """
     if max_seq_length < 2:
         raise ValueError("max_seq_length must be at least 2")
@@ -118,8 +97,10 @@ def encode_rows(tokenizer: Any, rows: Sequence[dict], max_seq_length: int,
     completions = [str(r["completion"]) for r in rows]
     if not rows:
         return []
-    p_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    c_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
+    from tunesmith.core.tokens import encode_completions, encode_prompts
+
+    p_ids = encode_prompts(tokenizer, prompts)
+    c_ids = encode_completions(tokenizer, completions)
     bos = tokenizer.bos_token_id
     out: list[EncodedExample] = []
     for p, c in zip(p_ids, c_ids):
@@ -191,66 +172,9 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int) -
 
 # --- hyperparameters ----------------------------------------------------------------------
 def resolve_hp(hp: dict | None) -> dict[str, Any]:
-    """Defaults filled in and values checked (InvalidArgument naming ``hyperparameters.<key>``).
-
-    None, "" and missing mean "default". Integers may arrive as strings (protobuf's JSON form of
-    int64 fields) and floats with integral values; both are accepted.
-    """
-    from tunesmith.core.errors import InvalidArgument
-
-    out = dict(DEFAULT_HP)
-    for k, v in (hp or {}).items():
-        if v is not None and v != "":
-            out[k] = v
-
-    def bad(key: str, message: str) -> InvalidArgument:
-        return InvalidArgument(f"{message}, got {out[key]!r}", field=f"hyperparameters.{key}")
-
-    def _int(key: str, lo: int) -> None:
-        v = out[key]
-        try:
-            if isinstance(v, bool):
-                raise ValueError
-            f = float(v)
-            if f != int(f):
-                raise ValueError
-        except (TypeError, ValueError, OverflowError):
-            raise bad(key, "must be an integer") from None
-        if int(f) < lo:
-            raise bad(key, f"must be >= {lo}")
-        out[key] = int(f)
-
-    def _float(key: str, lo: float, hi: float | None = None, lo_open: bool = False) -> None:
-        v = out[key]
-        try:
-            if isinstance(v, bool):
-                raise ValueError
-            f = float(v)
-        except (TypeError, ValueError):
-            raise bad(key, "must be a number") from None
-        if f < lo or (lo_open and f == lo) or (hi is not None and f > hi) or f != f:
-            raise bad(key, f"must be in {'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}]")
-        out[key] = f
-
-    for key, lo in (("epochs", 1), ("max_steps", 0), ("batch_size", 1), ("gradient_accumulation_steps", 1),
-                    ("seed", 0), ("max_seq_length", 2), ("log_every_steps", 1), ("eval_every_steps", 0),
-                    ("early_stopping_patience", 0), ("num_threads", 0)):
-        _int(key, lo)
-    if out["warmup_steps"] is not None:
-        _int("warmup_steps", 0)
-    _float("learning_rate", 0.0, lo_open=True)
-    _float("warmup_ratio", 0.0, 1.0)
-    _float("weight_decay", 0.0)
-    _float("max_grad_norm", 0.0)
-    if out["lr_scheduler"] not in _SCHEDULERS:
-        raise bad("lr_scheduler", f"must be one of {', '.join(_SCHEDULERS)}")
-    if out["dtype"] not in _DTYPES:
-        raise bad("dtype", f"must be one of {', '.join(_DTYPES)}")
-    if out["optimizer"] not in _OPTIMIZERS:
-        raise bad("optimizer", f"must be one of {', '.join(_OPTIMIZERS)}")
-    for key in ("completion_only_loss", "gradient_checkpointing", "packing"):
-        out[key] = bool(out[key])
-    return out
+    """Defaults filled in and values checked (InvalidArgument naming ``hyperparameters.<key>``);
+    see tunesmith.trainer.hyperparameters.resolve."""
+    return resolve_hyperparameters(hp)
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:

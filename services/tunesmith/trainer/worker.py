@@ -2,22 +2,21 @@
 
     python -m tunesmith.trainer.worker --storage ROOT --job JOB_ID
 
-Reads jobs/<id>/worker-input.json (written by the trainer service), trains, stores the adapter
-(and merged model) as artifacts, and writes, all under jobs/<id>/:
-    worker-events.jsonl   one JSON event per line (progress, metrics, log), as they happen
-    worker-result.json    on success: artifact references and training figures
-    worker-error.json     on failure: {"code", "message"}; the exit code is non-zero
+Reads jobs/<id>/worker-input.json (a WorkerInput, written by the trainer service), resolves its
+base model and dataset artifact URIs through storage, trains, stores the adapter (and merged
+model) as artifacts, and writes under jobs/<id>/ the files of tunesmith.core.formats.worker:
+    worker-events.jsonl   WorkerEvent lines (progress, metrics, log), as they happen
+    worker-result.json    on success: WorkerResult (artifact references and training figures)
+    worker-error.json     on failure: WorkerError (code, message); the exit code is non-zero
 SIGTERM asks the training loop to stop at the next step (exit code 3, "cancelled").
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 
@@ -25,11 +24,10 @@ EXIT_CANCELLED = 3
 
 
 def run(storage_root: str, job_id: str) -> int:
-    from tunesmith.core.plugins import get_registry
+    from tunesmith.core.formats.worker import WorkerError, WorkerEvent, WorkerInput
     from tunesmith.core.storage import open_storage
 
     storage = open_storage(storage_root)
-    base = f"jobs/{job_id}"
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     parent = os.getppid()
@@ -39,46 +37,14 @@ def run(storage_root: str, job_id: str) -> int:
         return stop.is_set() or os.getppid() != parent
 
     def emit(event: dict) -> None:
-        storage.append_line(f"{base}/worker-events.jsonl", json.dumps({"time": time.time(), **event}))
+        WorkerEvent.from_emitted(event).append(storage, job_id)
 
     def fail(code: str, message: str) -> int:
-        storage.write_json(f"{base}/worker-error.json", {"code": code, "message": message})
+        WorkerError(code, message).write(storage, job_id)
         return 1
 
     try:
-        spec = storage.read_json(f"{base}/worker-input.json")
-        from tunesmith.data.prepare import read_split
-        from tunesmith.trainer.sft import TrainingCancelled, train_sft
-
-        method = get_registry().get("peft_methods", spec["method"])
-        dataset_dir = Path(spec["dataset_dir"])
-        train_rows = read_split(dataset_dir, spec["train_split"])
-        validation_rows = read_split(dataset_dir, spec["validation_split"]) if spec.get("validation_split") else None
-        emit({"type": "log", "level": "info",
-              "message": f"training {spec['method']} on {len(train_rows)} rows (validation: {len(validation_rows or [])})"})
-        with storage.staging_dir() as tmp:
-            try:
-                result = train_sft(model_path=spec["model_path"], train_rows=train_rows, validation_rows=validation_rows,
-                                   method=method, method_options=spec["method_options"], hp=spec["hyperparameters"],
-                                   output_dir=tmp, on_event=emit, should_stop=should_stop)
-            except TrainingCancelled:
-                emit({"type": "log", "level": "info", "message": "cancelled"})
-                return EXIT_CANCELLED
-            adapter = storage.put_artifact("adapter", result["adapter_dir"], move=True)
-            result["adapter"] = adapter.to_dict()
-            if spec.get("merge"):
-                if not method.supports_merge:
-                    emit({"type": "log", "level": "warning", "message": f"{spec['method']} adapters cannot be merged; skipped"})
-                else:
-                    from tunesmith.trainer.merge import merge_adapter
-
-                    emit({"type": "progress", "phase": "merge", "step": result.get("steps", 0)})
-                    merged_dir = merge_adapter(spec["model_path"], storage.local_path(adapter.uri), tmp / "merged",
-                                               dtype=spec["hyperparameters"].get("dtype") or "float32")
-                    result["merged_model"] = storage.put_artifact("model", merged_dir, move=True).to_dict()
-        result.pop("adapter_dir", None)
-        storage.write_json(f"{base}/worker-result.json", result)
-        return 0
+        return _train(storage, WorkerInput.read(storage, job_id), job_id, emit, should_stop)
     except MemoryError as exc:
         return fail("out_of_memory", f"training ran out of memory: {exc}")
     except Exception as exc:  # noqa: BLE001 - reported to the service, which fails the job
@@ -87,6 +53,56 @@ def run(storage_root: str, job_id: str) -> int:
         traceback.print_exc()
         code = getattr(exc, "code", "training_error")
         return fail(code if isinstance(code, str) else "training_error", f"{type(exc).__name__}: {exc}")
+
+
+def _train(storage, spec, job_id: str, emit, should_stop) -> int:
+    """Train what `spec` (a WorkerInput) asks; write the WorkerResult; the exit code."""
+    from tunesmith.core.formats.adapter import AdapterMeta, finalize_adapter
+    from tunesmith.core.formats.dataset import read_prepared
+    from tunesmith.core.formats.worker import WorkerResult
+    from tunesmith.core.plugins import get_registry
+    from tunesmith.trainer.sft import TrainingCancelled, train_sft
+
+    method = get_registry().get("peft_methods", spec.method)
+    base_dir = str(storage.resolve(spec.base_model))
+    dataset = read_prepared(storage, spec.dataset)
+    train_rows = dataset.rows(spec.train_split)
+    validation_rows = dataset.rows(spec.validation_split) if spec.validation_split else None
+    emit({"type": "log", "level": "info",
+          "message": f"training {spec.method} on {len(train_rows)} rows (validation: {len(validation_rows or [])})"})
+    merged = None
+    with storage.staging_dir() as tmp:
+        try:
+            figures = train_sft(model_path=base_dir, train_rows=train_rows, validation_rows=validation_rows,
+                                method=method, method_options=spec.method_options, hp=spec.hyperparameters,
+                                output_dir=tmp, on_event=emit, should_stop=should_stop)
+        except TrainingCancelled:
+            emit({"type": "log", "level": "info", "message": "cancelled"})
+            return EXIT_CANCELLED
+        training = {k: figures[k] for k in ("steps", "train_seconds", "train_tokens", "final_train_loss",
+                                            "best_validation_loss") if figures.get(k) is not None}
+        finalize_adapter(Path(figures["adapter_dir"]),
+                         AdapterMeta(base_model_uri=spec.base_model, base_model_name=spec.base_model_name,
+                                     method=spec.method, training=training))
+        adapter = storage.put_artifact("adapter", figures["adapter_dir"], move=True)
+        if spec.merge:
+            if not method.supports_merge:
+                emit({"type": "log", "level": "warning", "message": f"{spec.method} adapters cannot be merged; skipped"})
+            else:
+                from tunesmith.trainer.merge import merge_artifacts
+
+                emit({"type": "progress", "phase": "merge", "step": figures.get("steps", 0)})
+                merged = merge_artifacts(storage, spec.base_model, adapter.uri,
+                                         dtype=_merge_dtype(spec.hyperparameters.get("dtype")))
+    WorkerResult.from_training(adapter, merged, figures).write(storage, job_id)
+    return 0
+
+
+def _merge_dtype(training_dtype: str | None) -> str:
+    """The merged model's dtype: the training dtype when it names one, else float32 ("auto")."""
+    from tunesmith.core.dtypes import NAMES
+
+    return training_dtype if training_dtype in NAMES else "float32"
 
 
 def main(argv: list[str] | None = None) -> int:

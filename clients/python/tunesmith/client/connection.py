@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from tunesmith.api.services import DEFAULT_PORTS, SERVICES
 from tunesmith.client._version import __version__
 from tunesmith.client.errors import CONNECT_HINT, TunesmithConnectionError
 
@@ -27,17 +28,6 @@ __all__ = [
     "channel_options",
     "wait_ready",
 ]
-
-# Fully qualified gRPC service names, by short name.
-SERVICES: dict[str, str] = {
-    "data": "tunesmith.api.data.v1.DataService",
-    "trainer": "tunesmith.api.trainer.v1.TrainerService",
-    "evaluator": "tunesmith.api.evaluator.v1.EvaluatorService",
-    "inference": "tunesmith.api.inference.v1.InferenceService",
-}
-
-# The ports `tunesmith up` listens on (on localhost) by default.
-DEFAULT_PORTS: dict[str, int] = {"data": 50051, "trainer": 50052, "evaluator": 50053, "inference": 50054}
 
 DEFAULT_TIMEOUT = 30.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024

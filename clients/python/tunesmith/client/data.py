@@ -190,12 +190,12 @@ class DataClient(BaseClient):
     @translate_errors
     def get_job(self, job_id: str, *, timeout: float | None = None) -> common_pb2.Job:
         """A synthetic-data job by id."""
-        return self._stub.GetJob(common_pb2.GetJobRequest(job_id=job_id), timeout=self._deadline(timeout))
+        return self._stub.GetDataJob(common_pb2.GetJobRequest(job_id=job_id), timeout=self._deadline(timeout))
 
     @translate_errors
     def cancel_job(self, job_id: str, *, timeout: float | None = None) -> common_pb2.Job:
         """Ask a synthetic-data job to stop; returns its state after the request."""
-        return self._stub.CancelJob(common_pb2.CancelJobRequest(job_id=job_id), timeout=self._deadline(timeout))
+        return self._stub.CancelDataJob(common_pb2.CancelJobRequest(job_id=job_id), timeout=self._deadline(timeout))
 
     @translate_errors
     def events(
@@ -203,7 +203,7 @@ class DataClient(BaseClient):
     ) -> Iterator[common_pb2.JobEvent]:
         """The job's events in order from `from_sequence`; with `follow`, until the job ends.
         No deadline unless `timeout` is given. Closing the iterator cancels the stream."""
-        yield from self._follow(self._stub.StreamJobEvents, job_id, from_sequence, follow, timeout)
+        yield from self._follow(self._stub.StreamDataJobEvents, job_id, from_sequence, follow, timeout)
 
     def wait_job(self, job_id: str, *, timeout: float | None = None) -> common_pb2.Job:
         """Block until the job ends and return it (DeadlineExceededError after `timeout` s)."""

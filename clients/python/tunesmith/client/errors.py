@@ -4,17 +4,22 @@ Every client method goes through `translate_errors`, so callers only ever see
 `TunesmithClientError` subclasses, never a raw `grpc.RpcError`. The original error stays
 available as `err.rpc_error`.
 
-The services send details as "field: message" when one input is at fault (see
-tunesmith.core.errors), and the field alone in the "tunesmith-field" trailing metadata. The
-field goes into `err.field` (from the metadata, else parsed from the details) and the rest into
-`err.message`. `str(err)` is always the full detail text.
+The services send errors in the standard form: a google.rpc.Status whose details hold
+- `BadRequest` field violations: `err.violations`, a list of `FieldViolation(field, description)`
+  with proto field paths such as "spec.hyperparameters.learning_rate" or "rows[7].output";
+  `err.field` is the first one's path;
+- `ErrorInfo`: `err.reason` (a stable code such as "INVALID_DATASET", "UNKNOWN_MODEL",
+  "IDEMPOTENCY_KEY_REUSED") and `err.metadata` (e.g. {"job_id": ...});
+- for a refused data file, the per-row report: `err.report` (a
+  `tunesmith.api.common.v1.ValidationReport`: the first issues, and counts of all of them).
+`str(err)` is the status message; `err.message` is it without a leading "field: ".
 """
 from __future__ import annotations
 
 import functools
 import inspect
-import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -31,22 +36,13 @@ __all__ = [
     "ResourceExhaustedError",
     "UnimplementedError",
     "InternalError",
+    "FieldViolation",
     "CONNECT_HINT",
-    "FIELD_METADATA_KEY",
     "from_rpc_error",
     "translate_errors",
 ]
 
 CONNECT_HINT = "is the service running? try `tunesmith up`"
-
-# Trailing metadata key naming the offending field (set by tunesmith.core.server).
-FIELD_METADATA_KEY = "tunesmith-field"
-
-# "field: message", where field is a dotted path with optional indexes: "spec.method.rank",
-# "rows[3].input". A leading phrase with spaces never matches.
-_FIELD_RE = re.compile(
-    r"^(?P<field>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[\d+\])*): (?P<message>.+)$", re.DOTALL
-)
 
 # Transport-level failures (nothing answered), as opposed to a service reporting that one of
 # its own dependencies is unavailable.
@@ -62,12 +58,22 @@ _CONNECTION_MARKERS = (
 )
 
 
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field of a request: its proto path and what is wrong with it."""
+
+    field: str
+    description: str
+
+
 class TunesmithClientError(Exception):
     """Base class of every SDK error.
 
-    Attributes: `code` (grpc.StatusCode or None), `details` (full detail text), `field` (the
-    offending input, or None), `message` (details without the "field: " prefix), `address`
-    (the service address where known), `rpc_error` (the original grpc.RpcError, or None).
+    Attributes: `code` (grpc.StatusCode or None), `details` (the status message), `field` (the
+    first offending field's path, or None), `message` (details without the "field: " prefix),
+    `violations` (every FieldViolation), `reason` (ErrorInfo reason, or None), `metadata`
+    (ErrorInfo metadata), `report` (a ValidationReport for refused data files, or None),
+    `address` (the service address where known), `rpc_error` (the original grpc.RpcError).
     """
 
     def __init__(
@@ -78,20 +84,23 @@ class TunesmithClientError(Exception):
         address: str | None = None,
         rpc_error: grpc.RpcError | None = None,
         field: str | None = None,
+        violations: list[FieldViolation] | None = None,
+        reason: str | None = None,
+        metadata: dict[str, str] | None = None,
+        report: Any = None,
     ):
         super().__init__(details)
         self.details = details
         self.code = code
         self.address = address
         self.rpc_error = rpc_error
-        match = _FIELD_RE.match(details or "")
-        if field:
-            self.field: str | None = field
-            prefix = f"{field}: "
-            self.message: str = details[len(prefix):] if details.startswith(prefix) else details
-        else:
-            self.field = match.group("field") if match else None
-            self.message = match.group("message") if match else (details or "")
+        self.violations: list[FieldViolation] = list(violations or [])
+        self.field: str | None = field or (self.violations[0].field if self.violations else None)
+        prefix = f"{self.field}: " if self.field else ""
+        self.message: str = details[len(prefix):] if prefix and details.startswith(prefix) else (details or "")
+        self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.report = report
 
     def __str__(self) -> str:
         return self.details
@@ -130,11 +139,13 @@ class ResourceExhaustedError(TunesmithClientError):
 
 
 class UnimplementedError(TunesmithClientError):
-    """UNIMPLEMENTED: the service does not offer this RPC (client and server versions differ?)."""
+    """UNIMPLEMENTED: an RPC or a field that is not built yet (`field` names it), or a client and
+    server of different versions."""
 
 
 class InternalError(TunesmithClientError):
-    """INTERNAL or UNKNOWN: a bug or crash in the service; its logs have the traceback."""
+    """INTERNAL or UNKNOWN: a bug in the service. `metadata["reference"]` finds the traceback in
+    the service's log; no exception text is sent to clients."""
 
 
 _BY_CODE: dict[grpc.StatusCode, type[TunesmithClientError]] = {
@@ -152,16 +163,38 @@ _BY_CODE: dict[grpc.StatusCode, type[TunesmithClientError]] = {
 }
 
 
-def _field_from_metadata(err: grpc.RpcError) -> str | None:
-    getter = getattr(err, "trailing_metadata", None)
+def _status_details(err: grpc.RpcError) -> dict[str, Any]:
+    """violations, reason, metadata and report from the error's google.rpc.Status details."""
+    out: dict[str, Any] = {}
     try:
-        metadata = getter() if callable(getter) else None
-    except Exception:  # noqa: BLE001 - metadata is a nicety; never mask the real error
-        return None
-    for key, value in metadata or ():
-        if key == FIELD_METADATA_KEY and value:
-            return value.decode() if isinstance(value, bytes) else str(value)
-    return None
+        from google.rpc import error_details_pb2
+        from grpc_status import rpc_status
+
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - details are a nicety; never mask the real error
+        return out
+    if status is None:
+        return out
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            out["violations"] = [FieldViolation(v.field, v.description) for v in bad.field_violations]
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            out["reason"] = info.reason
+            out["metadata"] = dict(info.metadata)
+        else:
+            from tunesmith.api.common.v1 import common_pb2
+
+            if detail.Is(common_pb2.ValidationReport.DESCRIPTOR):
+                report = common_pb2.ValidationReport()
+                detail.Unpack(report)
+                out["report"] = report
+    if "violations" not in out and out.get("metadata", {}).get("field"):
+        out["field"] = out["metadata"]["field"]
+    return out
 
 
 def from_rpc_error(err: grpc.RpcError, *, address: str | None = None) -> TunesmithClientError:
@@ -180,7 +213,7 @@ def from_rpc_error(err: grpc.RpcError, *, address: str | None = None) -> Tunesmi
             rpc_error=err,
         )
     cls = _BY_CODE.get(code, TunesmithClientError)  # type: ignore[arg-type]
-    return cls(details, code=code, address=address, rpc_error=err, field=_field_from_metadata(err))
+    return cls(details, code=code, address=address, rpc_error=err, **_status_details(err))
 
 
 F = TypeVar("F", bound=Callable[..., Any])

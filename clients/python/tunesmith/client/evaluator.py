@@ -76,16 +76,15 @@ class EvaluatorClient(BaseClient):
         )
 
     @translate_errors
-    def watch(
+    def events(
         self, evaluation_id: str, *, from_sequence: int = 0, follow: bool = True, timeout: float | None = None
     ) -> Iterator[common_pb2.JobEvent]:
         """The evaluation's events in order from `from_sequence`; with `follow`, until it ends.
         No deadline unless `timeout` is given. Closing the iterator cancels the stream."""
-        yield from self._follow(self._stub.WatchEvaluation, evaluation_id, from_sequence, follow, timeout)
+        yield from self._follow(self._stub.StreamEvaluationEvents, evaluation_id, from_sequence, follow, timeout)
 
-    events = watch
 
     def wait(self, evaluation_id: str, *, timeout: float | None = None) -> evaluator_pb2.Evaluation:
         """Block until the evaluation ends and return it (DeadlineExceededError after `timeout`
         s). A failed evaluation is returned, not raised: check `.job.state` and `.job.error`."""
-        return self._wait_job(self.get_evaluation, self.watch, evaluation_id, timeout)
+        return self._wait_job(self.get_evaluation, self.events, evaluation_id, timeout)

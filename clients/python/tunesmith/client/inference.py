@@ -8,13 +8,16 @@ greedy), top_p, top_k, stop, seed, repetition_penalty.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Union
+
+import grpc
 
 from tunesmith.api.common.v1 import common_pb2
 from tunesmith.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from tunesmith.client._base import LONG_TIMEOUT, BaseClient, coerce
-from tunesmith.client.errors import translate_errors
+from tunesmith.client.errors import DeadlineExceededError, FailedPreconditionError, translate_errors
 
 __all__ = ["InferenceClient", "SAMPLING_FIELDS"]
 
@@ -22,6 +25,28 @@ MessageLike = Union[inference_pb2.ChatMessage, Mapping[str, str], Sequence[str]]
 PromptLike = Union[str, inference_pb2.Prompt, inference_pb2.Conversation, Sequence[MessageLike]]
 
 SAMPLING_FIELDS = tuple(f.name for f in inference_pb2.SamplingParams.DESCRIPTOR.fields)
+
+
+def to_role(role: str | int) -> int:
+    """A ChatRole from "system", "user", "assistant", "tool" (or the enum value itself)."""
+    if isinstance(role, int):
+        return role
+    name = f"CHAT_ROLE_{str(role).strip().upper()}"
+    if name not in inference_pb2.ChatRole.keys() or name == "CHAT_ROLE_UNSPECIFIED":
+        raise ValueError(f"unknown chat role {role!r}: use system, user, assistant or tool")
+    return inference_pb2.ChatRole.Value(name)
+
+
+def to_dtype(dtype: str | int) -> int:
+    """A Dtype from "float32", "bfloat16", "float16", "" (unspecified), or the enum value."""
+    if isinstance(dtype, int):
+        return dtype
+    if not dtype:
+        return common_pb2.DTYPE_UNSPECIFIED
+    name = f"DTYPE_{dtype.strip().upper()}"
+    if name not in common_pb2.Dtype.keys():
+        raise ValueError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
+    return common_pb2.Dtype.Value(name)
 
 
 def to_message(message: MessageLike) -> inference_pb2.ChatMessage:
@@ -32,9 +57,9 @@ def to_message(message: MessageLike) -> inference_pb2.ChatMessage:
         unknown = set(message) - {"role", "content"}
         if unknown or "role" not in message or "content" not in message:
             raise ValueError(f"a chat message needs exactly 'role' and 'content', got keys {sorted(message)}")
-        return inference_pb2.ChatMessage(role=str(message["role"]), content=str(message["content"]))
+        return inference_pb2.ChatMessage(role=to_role(message["role"]), content=str(message["content"]))
     if isinstance(message, (tuple, list)) and len(message) == 2 and all(isinstance(x, str) for x in message):
-        return inference_pb2.ChatMessage(role=message[0], content=message[1])
+        return inference_pb2.ChatMessage(role=to_role(message[0]), content=message[1])
     raise TypeError(f"not a chat message: {message!r}")
 
 
@@ -164,23 +189,44 @@ class InferenceClient(BaseClient):
         model: str,
         *,
         backend: str = "",
-        dtype: str = "",
+        dtype: str | int = "",
         enable_adapters: bool = False,
         max_model_len: int = 0,
+        wait: bool = True,
         timeout: float | None = LONG_TIMEOUT,
     ) -> inference_pb2.ServedModel:
         """Serve `model` (a model-store name or model artifact URI) under `name`. `backend`:
         "vllm", "transformers" or "" for the best available; `enable_adapters` allows LoRA
-        adapters on top."""
+        adapters on top. The service returns at once in LOADING; with `wait` (the default) this
+        polls until READY and raises FailedPreconditionError if loading FAILED (DeadlineExceeded
+        after `timeout` s). With wait=False it returns the LOADING model: poll get_model()."""
         request = inference_pb2.LoadModelRequest(
             name=name,
             model=model,
             backend=backend,
-            dtype=dtype,
+            dtype=to_dtype(dtype),
             enable_adapters=enable_adapters,
             max_model_len=max_model_len,
         )
-        return self._stub.LoadModel(request, timeout=timeout)
+        served = self._stub.LoadModel(request, timeout=self._deadline(None))
+        if not wait:
+            return served
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while served.state == inference_pb2.SERVED_MODEL_STATE_LOADING:
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceededError(f"{name!r} was still loading after {timeout} s", code=grpc.StatusCode.DEADLINE_EXCEEDED)
+            time.sleep(0.5)
+            served = self.get_model(name)
+        if served.state == inference_pb2.SERVED_MODEL_STATE_FAILED:
+            raise FailedPreconditionError(f"{name!r} failed to load: {served.error.message}",
+                                          code=grpc.StatusCode.FAILED_PRECONDITION, reason=served.error.code.upper(),
+                                          field=served.error.field or None)
+        return served
+
+    @translate_errors
+    def get_model(self, name: str, *, timeout: float | None = None) -> inference_pb2.ServedModel:
+        """A served model by name, with its state (LOADING, READY, FAILED)."""
+        return self._stub.GetServedModel(inference_pb2.GetServedModelRequest(name=name), timeout=self._deadline(timeout))
 
     @translate_errors
     def unload_model(self, name: str, *, timeout: float | None = None) -> None:
@@ -230,11 +276,11 @@ class InferenceClient(BaseClient):
         messages: str | Sequence[MessageLike] | inference_pb2.Conversation, system: str | None
     ) -> inference_pb2.Prompt:
         if isinstance(messages, str):
-            conversation = [inference_pb2.ChatMessage(role="user", content=messages)]
+            conversation = [inference_pb2.ChatMessage(role=inference_pb2.CHAT_ROLE_USER, content=messages)]
         elif isinstance(messages, inference_pb2.Conversation):
             conversation = list(messages.messages)
         else:
             conversation = [to_message(m) for m in messages]
         if system is not None:
-            conversation.insert(0, inference_pb2.ChatMessage(role="system", content=system))
+            conversation.insert(0, inference_pb2.ChatMessage(role=inference_pb2.CHAT_ROLE_SYSTEM, content=system))
         return inference_pb2.Prompt(chat=inference_pb2.Conversation(messages=conversation))

@@ -1,13 +1,16 @@
 """TrainerClient: training jobs and their events, merges, memory plans, sweeps, base models."""
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Union
+
+import grpc
 
 from tunesmith.api.common.v1 import common_pb2
 from tunesmith.api.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from tunesmith.client._base import LONG_TIMEOUT, BaseClient, coerce
-from tunesmith.client.errors import translate_errors
+from tunesmith.client.errors import DeadlineExceededError, FailedPreconditionError, translate_errors
 
 __all__ = ["TrainerClient"]
 
@@ -93,19 +96,48 @@ class TrainerClient(BaseClient):
     # -- adapters, memory, sweeps ------------------------------------------------------------
 
     @translate_errors
+    def create_merge_job(
+        self,
+        adapter: common_pb2.ArtifactRef | str,
+        base_model: str = "",
+        *,
+        dtype: int = common_pb2.DTYPE_UNSPECIFIED,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> trainer_pb2.MergeJob:
+        """Start merging an adapter (an ArtifactRef, or its URI) into `base_model` (empty: the
+        base it was trained on); returns the job at once."""
+        ref = adapter if isinstance(adapter, common_pb2.ArtifactRef) else common_pb2.ArtifactRef(uri=adapter)
+        request = trainer_pb2.CreateMergeJobRequest(
+            spec=trainer_pb2.MergeSpec(adapter=ref, base_model=base_model, dtype=dtype),
+            idempotency_key=idempotency_key or "")
+        return self._stub.CreateMergeJob(request, timeout=self._deadline(timeout))
+
+    @translate_errors
+    def get_merge_job(self, job_id: str, *, timeout: float | None = None) -> trainer_pb2.MergeJob:
+        return self._stub.GetMergeJob(common_pb2.GetJobRequest(job_id=job_id), timeout=self._deadline(timeout))
+
+    @translate_errors
+    def merge_events(
+        self, job_id: str, *, from_sequence: int = 0, follow: bool = True, timeout: float | None = None
+    ) -> Iterator[common_pb2.JobEvent]:
+        """A merge job's events, as events() gives a training job's."""
+        yield from self._follow(self._stub.StreamMergeJobEvents, job_id, from_sequence, follow, timeout)
+
     def merge_adapter(
         self,
         adapter: common_pb2.ArtifactRef | str,
-        base_model: str,
+        base_model: str = "",
         *,
-        dtype: str = "",
+        dtype: int = common_pb2.DTYPE_UNSPECIFIED,
         timeout: float | None = LONG_TIMEOUT,
     ) -> common_pb2.ArtifactRef:
-        """Merge an adapter (an ArtifactRef, or its URI) into `base_model`; returns the merged
-        model artifact."""
-        ref = adapter if isinstance(adapter, common_pb2.ArtifactRef) else common_pb2.ArtifactRef(uri=adapter)
-        request = trainer_pb2.MergeAdapterRequest(adapter=ref, base_model=base_model, dtype=dtype)
-        return self._stub.MergeAdapter(request, timeout=timeout).merged_model
+        """Merge and wait: the merged model's artifact. A failed merge raises
+        FailedPreconditionError with the job's error."""
+        job = self.create_merge_job(adapter, base_model, dtype=dtype)
+        job = self._wait_job(self.get_merge_job, self.merge_events, job.job.id, timeout)
+        _raise_if_failed(job.job)
+        return job.merged_model
 
     @translate_errors
     def plan_memory(
@@ -145,8 +177,39 @@ class TrainerClient(BaseClient):
         return list(self._stub.ListModels(trainer_pb2.ListModelsRequest(), timeout=self._deadline(timeout)).models)
 
     @translate_errors
+    def create_model_import_job(
+        self, name: str, path: str, *, idempotency_key: str | None = None, timeout: float | None = None
+    ) -> trainer_pb2.ModelImportJob:
+        """Start importing a local Hugging Face model folder or .gguf file (a path on the
+        service's side) into the model store under `name`; returns the job at once."""
+        request = trainer_pb2.CreateModelImportJobRequest(
+            spec=trainer_pb2.ModelImportSpec(name=name, path=path), idempotency_key=idempotency_key or "")
+        return self._stub.CreateModelImportJob(request, timeout=self._deadline(timeout))
+
+    @translate_errors
+    def get_model_import_job(self, job_id: str, *, timeout: float | None = None) -> trainer_pb2.ModelImportJob:
+        return self._stub.GetModelImportJob(common_pb2.GetJobRequest(job_id=job_id), timeout=self._deadline(timeout))
+
     def register_model(self, name: str, path: str, *, timeout: float | None = LONG_TIMEOUT) -> trainer_pb2.Model:
-        """Add a local Hugging Face model folder or .gguf file (a path on the service's side)
-        to the model store under `name`."""
-        request = trainer_pb2.RegisterModelRequest(name=name, path=path)
-        return self._stub.RegisterModel(request, timeout=timeout)
+        """Import and wait: the stored model. A failed import raises FailedPreconditionError."""
+        job = self.create_model_import_job(name, path)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while job.job.state not in _TERMINAL:
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceededError(f"importing {name!r} did not finish in {timeout} s",
+                                            code=grpc.StatusCode.DEADLINE_EXCEEDED)
+            time.sleep(0.5)
+            job = self.get_model_import_job(job.job.id)
+        _raise_if_failed(job.job)
+        return job.model
+
+
+_TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
+
+
+def _raise_if_failed(job: common_pb2.Job) -> None:
+    if job.state != common_pb2.JOB_STATE_SUCCEEDED:
+        raise FailedPreconditionError(
+            f"job {job.id} ended {common_pb2.JobState.Name(job.state).removeprefix('JOB_STATE_')}: "
+            f"{job.error.code}: {job.error.message}", code=grpc.StatusCode.FAILED_PRECONDITION,
+            reason=(job.error.code or "job_failed").upper(), field=job.error.field or None, metadata={"job_id": job.id})

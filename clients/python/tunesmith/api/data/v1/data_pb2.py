@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tunesmith.api.common.v1 import common_pb2 as tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tunesmith/api/data/v1/data.proto\x12\x15tunesmith.api.data.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$tunesmith/api/common/v1/common.proto\"a\n\tSplitSpec\x12\x1b\n\x13validation_fraction\x18\x01 \x01(\x01\x12\x17\n\x0fvalidation_rows\x18\x02 \x01(\x03\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x10\n\x08stratify\x18\x04 \x01(\x08\"\xa6\x04\n\x0b\x44\x61tasetSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x06\x66ormat\x18\x02 \x01(\x0e\x32!.tunesmith.api.data.v1.FileFormat\x12-\n\x06schema\x18\x03 \x01(\x0e\x32\x1d.tunesmith.api.data.v1.Schema\x12M\n\x0e\x63olumn_mapping\x18\x04 \x03(\x0b\x32\x35.tunesmith.api.data.v1.DatasetSpec.ColumnMappingEntry\x12\x10\n\x08template\x18\x05 \x01(\t\x12\x31\n\x10template_options\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x05split\x18\x07 \x01(\x0b\x32 .tunesmith.api.data.v1.SplitSpec\x12\x14\n\x0clabel_filter\x18\x08 \x03(\t\x12\x16\n\x0emax_train_rows\x18\t \x01(\x03\x12\x1b\n\x13max_validation_rows\x18\n \x01(\x03\x12\x13\n\x0b\x64\x65\x64uplicate\x18\x0b \x01(\x08\x12\x17\n\x0ftokenizer_model\x18\x0c \x01(\t\x12\x16\n\x0emax_seq_length\x18\r \x01(\x03\x12\x1b\n\x13nested_subset_sizes\x18\x0e \x03(\x03\x1a\x34\n\x12\x43olumnMappingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\x14UploadDatasetRequest\x12\x35\n\x06header\x18\x01 \x01(\x0b\x32#.tunesmith.api.data.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"v\n\x0cUploadHeader\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x30\n\x04spec\x18\x02 \x01(\x0b\x32\".tunesmith.api.data.v1.DatasetSpec\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\"^\n\x16RegisterDatasetRequest\x12\x12\n\nsource_uri\x18\x01 \x01(\t\x12\x30\n\x04spec\x18\x02 \x01(\x0b\x32\".tunesmith.api.data.v1.DatasetSpec\"\x83\x01\n\x17RegisterDatasetResponse\x12/\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1e.tunesmith.api.data.v1.Dataset\x12\x37\n\x06report\x18\x02 \x01(\x0b\x32\'.tunesmith.api.data.v1.ValidationReport\"E\n\x08RowIssue\x12\x0b\n\x03row\x18\x01 \x01(\x03\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xce\x02\n\x10ValidationReport\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x11\n\trows_read\x18\x02 \x01(\x03\x12\x15\n\rrows_accepted\x18\x03 \x01(\x03\x12\x15\n\rrows_rejected\x18\x04 \x01(\x03\x12\x15\n\rrows_filtered\x18\x05 \x01(\x03\x12\x19\n\x11rows_deduplicated\x18\x06 \x01(\x03\x12/\n\x06issues\x18\x07 \x03(\x0b\x32\x1f.tunesmith.api.data.v1.RowIssue\x12Q\n\x0e\x63ounts_by_code\x18\x08 \x03(\x0b\x32\x39.tunesmith.api.data.v1.ValidationReport.CountsByCodeEntry\x1a\x33\n\x11\x43ountsByCodeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"[\n\x05Split\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12\x36\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32$.tunesmith.api.common.v1.ArtifactRef\"\xef\x02\n\x07\x44\x61taset\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x30\n\x04spec\x18\x03 \x01(\x0b\x32\".tunesmith.api.data.v1.DatasetSpec\x12,\n\x06splits\x18\x04 \x03(\x0b\x32\x1c.tunesmith.api.data.v1.Split\x12\x36\n\x08\x61rtifact\x18\x05 \x01(\x0b\x32$.tunesmith.api.common.v1.ArtifactRef\x12\x34\n\x06source\x18\x06 \x01(\x0b\x32$.tunesmith.api.common.v1.ArtifactRef\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\nstatistics\x18\x08 \x01(\x0b\x32(.tunesmith.api.data.v1.DatasetStatistics\x12\x0e\n\x06labels\x18\t \x03(\t\"\'\n\x11GetDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"I\n\x13ListDatasetsRequest\x12\x32\n\x04page\x18\x01 \x01(\x0b\x32$.tunesmith.api.common.v1.PageRequest\"a\n\x14ListDatasetsResponse\x12\x30\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x1e.tunesmith.api.data.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Y\n\x15PreviewDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\r\n\x05split\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\r\n\x05limit\x18\x04 \x01(\x03\"\x8b\x01\n\x07\x45xample\x12\x12\n\nsource_row\x18\x01 \x01(\x03\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\ncompletion\x18\x03 \x01(\t\x12\'\n\x06\x66ields\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08rejected\x18\x05 \x01(\t\x12\r\n\x05label\x18\x06 \x01(\t\"^\n\x16PreviewDatasetResponse\x12\x30\n\x08\x65xamples\x18\x01 \x03(\x0b\x32\x1e.tunesmith.api.data.v1.Example\x12\x12\n\ntotal_rows\x18\x02 \x01(\x03\"1\n\x1bGetDatasetStatisticsRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"a\n\x10LengthStatistics\x12\x0b\n\x03min\x18\x01 \x01(\x03\x12\x0b\n\x03max\x18\x02 \x01(\x03\x12\x0c\n\x04mean\x18\x03 \x01(\x01\x12\x0b\n\x03p50\x18\x04 \x01(\x03\x12\x0b\n\x03p95\x18\x05 \x01(\x03\x12\x0b\n\x03p99\x18\x06 \x01(\x03\"\x8c\x03\n\x0fSplitStatistics\x12\r\n\x05split\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12>\n\rprompt_tokens\x18\x03 \x01(\x0b\x32\'.tunesmith.api.data.v1.LengthStatistics\x12\x42\n\x11\x63ompletion_tokens\x18\x04 \x01(\x0b\x32\'.tunesmith.api.data.v1.LengthStatistics\x12=\n\x0ctotal_tokens\x18\x05 \x01(\x0b\x32\'.tunesmith.api.data.v1.LengthStatistics\x12\x16\n\x0etruncated_rows\x18\x06 \x01(\x03\x12M\n\x0clabel_counts\x18\x07 \x03(\x0b\x32\x37.tunesmith.api.data.v1.SplitStatistics.LabelCountsEntry\x1a\x32\n\x10LabelCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"d\n\x11\x44\x61tasetStatistics\x12\x36\n\x06splits\x18\x01 \x03(\x0b\x32&.tunesmith.api.data.v1.SplitStatistics\x12\x17\n\x0ftokenizer_model\x18\x02 \x01(\t\"*\n\x14\x44\x65leteDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteDatasetResponse\"\xcb\x01\n\x15RenderTemplateRequest\x12\x10\n\x08template\x18\x01 \x01(\t\x12\x31\n\x10template_options\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\x06schema\x18\x03 \x01(\x0e\x32\x1d.tunesmith.api.data.v1.Schema\x12%\n\x04rows\x18\x04 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0ftokenizer_model\x18\x05 \x01(\t\"J\n\x16RenderTemplateResponse\x12\x30\n\x08\x65xamples\x18\x01 \x03(\x0b\x32\x1e.tunesmith.api.data.v1.Example\"\xc4\x01\n\x1d\x43reateSyntheticDataJobRequest\x12\x15\n\rdocument_uris\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1d\n\x15\x65xamples_per_document\x18\x03 \x01(\x03\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x37\n\x0boutput_spec\x18\x06 \x01(\x0b\x32\".tunesmith.api.data.v1.DatasetSpec*\x84\x01\n\nFileFormat\x12\x1b\n\x17\x46ILE_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x46ILE_FORMAT_CSV\x10\x01\x12\x15\n\x11\x46ILE_FORMAT_JSONL\x10\x02\x12\x14\n\x10\x46ILE_FORMAT_JSON\x10\x03\x12\x17\n\x13\x46ILE_FORMAT_PARQUET\x10\x04*\xa5\x01\n\x06Schema\x12\x16\n\x12SCHEMA_UNSPECIFIED\x10\x00\x12\x19\n\x15SCHEMA_CLASSIFICATION\x10\x01\x12\x11\n\rSCHEMA_ALPACA\x10\x02\x12\x0f\n\x0bSCHEMA_CHAT\x10\x03\x12\x1c\n\x18SCHEMA_PROMPT_COMPLETION\x10\x04\x12\x0f\n\x0bSCHEMA_TEXT\x10\x05\x12\x15\n\x11SCHEMA_PREFERENCE\x10\x06\x32\xc7\n\n\x0b\x44\x61taService\x12^\n\tGetStatus\x12).tunesmith.api.common.v1.GetStatusRequest\x1a&.tunesmith.api.common.v1.ServiceStatus\x12n\n\rUploadDataset\x12+.tunesmith.api.data.v1.UploadDatasetRequest\x1a..tunesmith.api.data.v1.RegisterDatasetResponse(\x01\x12p\n\x0fRegisterDataset\x12-.tunesmith.api.data.v1.RegisterDatasetRequest\x1a..tunesmith.api.data.v1.RegisterDatasetResponse\x12V\n\nGetDataset\x12(.tunesmith.api.data.v1.GetDatasetRequest\x1a\x1e.tunesmith.api.data.v1.Dataset\x12g\n\x0cListDatasets\x12*.tunesmith.api.data.v1.ListDatasetsRequest\x1a+.tunesmith.api.data.v1.ListDatasetsResponse\x12m\n\x0ePreviewDataset\x12,.tunesmith.api.data.v1.PreviewDatasetRequest\x1a-.tunesmith.api.data.v1.PreviewDatasetResponse\x12t\n\x14GetDatasetStatistics\x12\x32.tunesmith.api.data.v1.GetDatasetStatisticsRequest\x1a(.tunesmith.api.data.v1.DatasetStatistics\x12j\n\rDeleteDataset\x12+.tunesmith.api.data.v1.DeleteDatasetRequest\x1a,.tunesmith.api.data.v1.DeleteDatasetResponse\x12m\n\x0eRenderTemplate\x12,.tunesmith.api.data.v1.RenderTemplateRequest\x1a-.tunesmith.api.data.v1.RenderTemplateResponse\x12l\n\x16\x43reateSyntheticDataJob\x12\x34.tunesmith.api.data.v1.CreateSyntheticDataJobRequest\x1a\x1c.tunesmith.api.common.v1.Job\x12N\n\x06GetJob\x12&.tunesmith.api.common.v1.GetJobRequest\x1a\x1c.tunesmith.api.common.v1.Job\x12T\n\tCancelJob\x12).tunesmith.api.common.v1.CancelJobRequest\x1a\x1c.tunesmith.api.common.v1.Job\x12\x61\n\x0fStreamJobEvents\x12).tunesmith.api.common.v1.JobEventsRequest\x1a!.tunesmith.api.common.v1.JobEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n tunesmith/api/data/v1/data.proto\x12\x15tunesmith.api.data.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$tunesmith/api/common/v1/common.proto\"a\n\tSplitSpec\x12\x1b\n\x13validation_fraction\x18\x01 \x01(\x01\x12\x17\n\x0fvalidation_rows\x18\x02 \x01(\x03\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x10\n\x08stratify\x18\x04 \x01(\x08\"\xa6\x04\n\x0b\x44\x61tasetSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x06\x66ormat\x18\x02 \x01(\x0e\x32!.tunesmith.api.data.v1.FileFormat\x12-\n\x06schema\x18\x03 \x01(\x0e\x32\x1d.tunesmith.api.data.v1.Schema\x12M\n\x0e\x63olumn_mapping\x18\x04 \x03(\x0b\x32\x35.tunesmith.api.data.v1.DatasetSpec.ColumnMappingEntry\x12\x10\n\x08template\x18\x05 \x01(\t\x12\x31\n\x10template_options\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x05split\x18\x07 \x01(\x0b\x32 .tunesmith.api.data.v1.SplitSpec\x12\x14\n\x0clabel_filter\x18\x08 \x03(\t\x12\x16\n\x0emax_train_rows\x18\t \x01(\x03\x12\x1b\n\x13max_validation_rows\x18\n \x01(\x03\x12\x13\n\x0b\x64\x65\x64uplicate\x18\x0b \x01(\x08\x12\x17\n\x0ftokenizer_model\x18\x0c \x01(\t\x12\x16\n\x0emax_seq_length\x18\r \x01(\x03\x12\x1b\n\x13nested_subset_sizes\x18\x0e \x03(\x03\x1a\x34\n\x12\x43olumnMappingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\x14UploadDatasetRequest\x12\x35\n\x06header\x18\x01 \x01(\x0b\x32#.tunesmith.api.data.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"v\n\x0cUploadHeader\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x30\n\x04spec\x18\x02 \x01(\x0b\x32\".tunesmith.api.data.v1.DatasetSpec\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\"^\n\x16RegisterDatasetRequest\x12\x12\n\nsource_uri\x18\x01 \x01(\t\x12\x30\n\x04spec\x18\x02 \x01(\x0b\x32\".tunesmith.api.data.v1.DatasetSpec\"\x85\x01\n\x17RegisterDatasetResponse\x12/\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1e.tunesmith.api.data.v1.Dataset\x12\x39\n\x06report\x18\x02 \x01(\x0b\x32).tunesmith.api.common.v1.ValidationReport\"[\n\x05Split\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12\x36\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32$.tunesmith.api.common.v1.ArtifactRef\"\xef\x02\n\x07\x44\x61taset\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x30\n\x04spec\x18\x03 \x01(\x0b\x32\".tunesmith.api.data.v1.DatasetSpec\x12,\n\x06splits\x18\x04 \x03(\x0b\x32\x1c.tunesmith.api.data.v1.Split\x12\x36\n\x08\x61rtifact\x18\x05 \x01(\x0b\x32$.tunesmith.api.common.v1.ArtifactRef\x12\x34\n\x06source\x18\x06 \x01(\x0b\x32$.tunesmith.api.common.v1.ArtifactRef\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\nstatistics\x18\x08 \x01(\x0b\x32(.tunesmith.api.data.v1.DatasetStatistics\x12\x0e\n\x06labels\x18\t \x03(\t\"\'\n\x11GetDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"I\n\x13ListDatasetsRequest\x12\x32\n\x04page\x18\x01 \x01(\x0b\x32$.tunesmith.api.common.v1.PageRequest\"a\n\x14ListDatasetsResponse\x12\x30\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x1e.tunesmith.api.data.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Y\n\x15PreviewDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\r\n\x05split\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\r\n\x05limit\x18\x04 \x01(\x03\"\x8b\x01\n\x07\x45xample\x12\x12\n\nsource_row\x18\x01 \x01(\x03\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\ncompletion\x18\x03 \x01(\t\x12\'\n\x06\x66ields\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08rejected\x18\x05 \x01(\t\x12\r\n\x05label\x18\x06 \x01(\t\"^\n\x16PreviewDatasetResponse\x12\x30\n\x08\x65xamples\x18\x01 \x03(\x0b\x32\x1e.tunesmith.api.data.v1.Example\x12\x12\n\ntotal_rows\x18\x02 \x01(\x03\"1\n\x1bGetDatasetStatisticsRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"a\n\x10LengthStatistics\x12\x0b\n\x03min\x18\x01 \x01(\x03\x12\x0b\n\x03max\x18\x02 \x01(\x03\x12\x0c\n\x04mean\x18\x03 \x01(\x01\x12\x0b\n\x03p50\x18\x04 \x01(\x03\x12\x0b\n\x03p95\x18\x05 \x01(\x03\x12\x0b\n\x03p99\x18\x06 \x01(\x03\"\x8c\x03\n\x0fSplitStatistics\x12\r\n\x05split\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12>\n\rprompt_tokens\x18\x03 \x01(\x0b\x32\'.tunesmith.api.data.v1.LengthStatistics\x12\x42\n\x11\x63ompletion_tokens\x18\x04 \x01(\x0b\x32\'.tunesmith.api.data.v1.LengthStatistics\x12=\n\x0ctotal_tokens\x18\x05 \x01(\x0b\x32\'.tunesmith.api.data.v1.LengthStatistics\x12\x16\n\x0etruncated_rows\x18\x06 \x01(\x03\x12M\n\x0clabel_counts\x18\x07 \x03(\x0b\x32\x37.tunesmith.api.data.v1.SplitStatistics.LabelCountsEntry\x1a\x32\n\x10LabelCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"d\n\x11\x44\x61tasetStatistics\x12\x36\n\x06splits\x18\x01 \x03(\x0b\x32&.tunesmith.api.data.v1.SplitStatistics\x12\x17\n\x0ftokenizer_model\x18\x02 \x01(\t\"*\n\x14\x44\x65leteDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteDatasetResponse\"\xcb\x01\n\x15RenderTemplateRequest\x12\x10\n\x08template\x18\x01 \x01(\t\x12\x31\n\x10template_options\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\x06schema\x18\x03 \x01(\x0e\x32\x1d.tunesmith.api.data.v1.Schema\x12%\n\x04rows\x18\x04 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0ftokenizer_model\x18\x05 \x01(\t\"J\n\x16RenderTemplateResponse\x12\x30\n\x08\x65xamples\x18\x01 \x03(\x0b\x32\x1e.tunesmith.api.data.v1.Example\"\xc4\x01\n\x1d\x43reateSyntheticDataJobRequest\x12\x15\n\rdocument_uris\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1d\n\x15\x65xamples_per_document\x18\x03 \x01(\x03\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x37\n\x0boutput_spec\x18\x06 \x01(\x0b\x32\".tunesmith.api.data.v1.DatasetSpec*\x84\x01\n\nFileFormat\x12\x1b\n\x17\x46ILE_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x46ILE_FORMAT_CSV\x10\x01\x12\x15\n\x11\x46ILE_FORMAT_JSONL\x10\x02\x12\x14\n\x10\x46ILE_FORMAT_JSON\x10\x03\x12\x17\n\x13\x46ILE_FORMAT_PARQUET\x10\x04*\xa5\x01\n\x06Schema\x12\x16\n\x12SCHEMA_UNSPECIFIED\x10\x00\x12\x19\n\x15SCHEMA_CLASSIFICATION\x10\x01\x12\x11\n\rSCHEMA_ALPACA\x10\x02\x12\x0f\n\x0bSCHEMA_CHAT\x10\x03\x12\x1c\n\x18SCHEMA_PROMPT_COMPLETION\x10\x04\x12\x0f\n\x0bSCHEMA_TEXT\x10\x05\x12\x15\n\x11SCHEMA_PREFERENCE\x10\x06\x32\xd3\n\n\x0b\x44\x61taService\x12^\n\tGetStatus\x12).tunesmith.api.common.v1.GetStatusRequest\x1a&.tunesmith.api.common.v1.ServiceStatus\x12n\n\rUploadDataset\x12+.tunesmith.api.data.v1.UploadDatasetRequest\x1a..tunesmith.api.data.v1.RegisterDatasetResponse(\x01\x12p\n\x0fRegisterDataset\x12-.tunesmith.api.data.v1.RegisterDatasetRequest\x1a..tunesmith.api.data.v1.RegisterDatasetResponse\x12V\n\nGetDataset\x12(.tunesmith.api.data.v1.GetDatasetRequest\x1a\x1e.tunesmith.api.data.v1.Dataset\x12g\n\x0cListDatasets\x12*.tunesmith.api.data.v1.ListDatasetsRequest\x1a+.tunesmith.api.data.v1.ListDatasetsResponse\x12m\n\x0ePreviewDataset\x12,.tunesmith.api.data.v1.PreviewDatasetRequest\x1a-.tunesmith.api.data.v1.PreviewDatasetResponse\x12t\n\x14GetDatasetStatistics\x12\x32.tunesmith.api.data.v1.GetDatasetStatisticsRequest\x1a(.tunesmith.api.data.v1.DatasetStatistics\x12j\n\rDeleteDataset\x12+.tunesmith.api.data.v1.DeleteDatasetRequest\x1a,.tunesmith.api.data.v1.DeleteDatasetResponse\x12m\n\x0eRenderTemplate\x12,.tunesmith.api.data.v1.RenderTemplateRequest\x1a-.tunesmith.api.data.v1.RenderTemplateResponse\x12l\n\x16\x43reateSyntheticDataJob\x12\x34.tunesmith.api.data.v1.CreateSyntheticDataJobRequest\x1a\x1c.tunesmith.api.common.v1.Job\x12R\n\nGetDataJob\x12&.tunesmith.api.common.v1.GetJobRequest\x1a\x1c.tunesmith.api.common.v1.Job\x12X\n\rCancelDataJob\x12).tunesmith.api.common.v1.CancelJobRequest\x1a\x1c.tunesmith.api.common.v1.Job\x12\x65\n\x13StreamDataJobEvents\x12).tunesmith.api.common.v1.JobEventsRequest\x1a!.tunesmith.api.common.v1.JobEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,14 +36,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DATASETSPEC_COLUMNMAPPINGENTRY']._loaded_options = None
   _globals['_DATASETSPEC_COLUMNMAPPINGENTRY']._serialized_options = b'8\001'
-  _globals['_VALIDATIONREPORT_COUNTSBYCODEENTRY']._loaded_options = None
-  _globals['_VALIDATIONREPORT_COUNTSBYCODEENTRY']._serialized_options = b'8\001'
   _globals['_SPLITSTATISTICS_LABELCOUNTSENTRY']._loaded_options = None
   _globals['_SPLITSTATISTICS_LABELCOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_FILEFORMAT']._serialized_start=3883
-  _globals['_FILEFORMAT']._serialized_end=4015
-  _globals['_SCHEMA']._serialized_start=4018
-  _globals['_SCHEMA']._serialized_end=4183
+  _globals['_FILEFORMAT']._serialized_start=3477
+  _globals['_FILEFORMAT']._serialized_end=3609
+  _globals['_SCHEMA']._serialized_start=3612
+  _globals['_SCHEMA']._serialized_end=3777
   _globals['_SPLITSPEC']._serialized_start=160
   _globals['_SPLITSPEC']._serialized_end=257
   _globals['_DATASETSPEC']._serialized_start=260
@@ -57,49 +55,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERDATASETREQUEST']._serialized_start=1036
   _globals['_REGISTERDATASETREQUEST']._serialized_end=1130
   _globals['_REGISTERDATASETRESPONSE']._serialized_start=1133
-  _globals['_REGISTERDATASETRESPONSE']._serialized_end=1264
-  _globals['_ROWISSUE']._serialized_start=1266
-  _globals['_ROWISSUE']._serialized_end=1335
-  _globals['_VALIDATIONREPORT']._serialized_start=1338
-  _globals['_VALIDATIONREPORT']._serialized_end=1672
-  _globals['_VALIDATIONREPORT_COUNTSBYCODEENTRY']._serialized_start=1621
-  _globals['_VALIDATIONREPORT_COUNTSBYCODEENTRY']._serialized_end=1672
-  _globals['_SPLIT']._serialized_start=1674
-  _globals['_SPLIT']._serialized_end=1765
-  _globals['_DATASET']._serialized_start=1768
-  _globals['_DATASET']._serialized_end=2135
-  _globals['_GETDATASETREQUEST']._serialized_start=2137
-  _globals['_GETDATASETREQUEST']._serialized_end=2176
-  _globals['_LISTDATASETSREQUEST']._serialized_start=2178
-  _globals['_LISTDATASETSREQUEST']._serialized_end=2251
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=2253
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=2350
-  _globals['_PREVIEWDATASETREQUEST']._serialized_start=2352
-  _globals['_PREVIEWDATASETREQUEST']._serialized_end=2441
-  _globals['_EXAMPLE']._serialized_start=2444
-  _globals['_EXAMPLE']._serialized_end=2583
-  _globals['_PREVIEWDATASETRESPONSE']._serialized_start=2585
-  _globals['_PREVIEWDATASETRESPONSE']._serialized_end=2679
-  _globals['_GETDATASETSTATISTICSREQUEST']._serialized_start=2681
-  _globals['_GETDATASETSTATISTICSREQUEST']._serialized_end=2730
-  _globals['_LENGTHSTATISTICS']._serialized_start=2732
-  _globals['_LENGTHSTATISTICS']._serialized_end=2829
-  _globals['_SPLITSTATISTICS']._serialized_start=2832
-  _globals['_SPLITSTATISTICS']._serialized_end=3228
-  _globals['_SPLITSTATISTICS_LABELCOUNTSENTRY']._serialized_start=3178
-  _globals['_SPLITSTATISTICS_LABELCOUNTSENTRY']._serialized_end=3228
-  _globals['_DATASETSTATISTICS']._serialized_start=3230
-  _globals['_DATASETSTATISTICS']._serialized_end=3330
-  _globals['_DELETEDATASETREQUEST']._serialized_start=3332
-  _globals['_DELETEDATASETREQUEST']._serialized_end=3374
-  _globals['_DELETEDATASETRESPONSE']._serialized_start=3376
-  _globals['_DELETEDATASETRESPONSE']._serialized_end=3399
-  _globals['_RENDERTEMPLATEREQUEST']._serialized_start=3402
-  _globals['_RENDERTEMPLATEREQUEST']._serialized_end=3605
-  _globals['_RENDERTEMPLATERESPONSE']._serialized_start=3607
-  _globals['_RENDERTEMPLATERESPONSE']._serialized_end=3681
-  _globals['_CREATESYNTHETICDATAJOBREQUEST']._serialized_start=3684
-  _globals['_CREATESYNTHETICDATAJOBREQUEST']._serialized_end=3880
-  _globals['_DATASERVICE']._serialized_start=4186
-  _globals['_DATASERVICE']._serialized_end=5537
+  _globals['_REGISTERDATASETRESPONSE']._serialized_end=1266
+  _globals['_SPLIT']._serialized_start=1268
+  _globals['_SPLIT']._serialized_end=1359
+  _globals['_DATASET']._serialized_start=1362
+  _globals['_DATASET']._serialized_end=1729
+  _globals['_GETDATASETREQUEST']._serialized_start=1731
+  _globals['_GETDATASETREQUEST']._serialized_end=1770
+  _globals['_LISTDATASETSREQUEST']._serialized_start=1772
+  _globals['_LISTDATASETSREQUEST']._serialized_end=1845
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=1847
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=1944
+  _globals['_PREVIEWDATASETREQUEST']._serialized_start=1946
+  _globals['_PREVIEWDATASETREQUEST']._serialized_end=2035
+  _globals['_EXAMPLE']._serialized_start=2038
+  _globals['_EXAMPLE']._serialized_end=2177
+  _globals['_PREVIEWDATASETRESPONSE']._serialized_start=2179
+  _globals['_PREVIEWDATASETRESPONSE']._serialized_end=2273
+  _globals['_GETDATASETSTATISTICSREQUEST']._serialized_start=2275
+  _globals['_GETDATASETSTATISTICSREQUEST']._serialized_end=2324
+  _globals['_LENGTHSTATISTICS']._serialized_start=2326
+  _globals['_LENGTHSTATISTICS']._serialized_end=2423
+  _globals['_SPLITSTATISTICS']._serialized_start=2426
+  _globals['_SPLITSTATISTICS']._serialized_end=2822
+  _globals['_SPLITSTATISTICS_LABELCOUNTSENTRY']._serialized_start=2772
+  _globals['_SPLITSTATISTICS_LABELCOUNTSENTRY']._serialized_end=2822
+  _globals['_DATASETSTATISTICS']._serialized_start=2824
+  _globals['_DATASETSTATISTICS']._serialized_end=2924
+  _globals['_DELETEDATASETREQUEST']._serialized_start=2926
+  _globals['_DELETEDATASETREQUEST']._serialized_end=2968
+  _globals['_DELETEDATASETRESPONSE']._serialized_start=2970
+  _globals['_DELETEDATASETRESPONSE']._serialized_end=2993
+  _globals['_RENDERTEMPLATEREQUEST']._serialized_start=2996
+  _globals['_RENDERTEMPLATEREQUEST']._serialized_end=3199
+  _globals['_RENDERTEMPLATERESPONSE']._serialized_start=3201
+  _globals['_RENDERTEMPLATERESPONSE']._serialized_end=3275
+  _globals['_CREATESYNTHETICDATAJOBREQUEST']._serialized_start=3278
+  _globals['_CREATESYNTHETICDATAJOBREQUEST']._serialized_end=3474
+  _globals['_DATASERVICE']._serialized_start=3780
+  _globals['_DATASERVICE']._serialized_end=5143
 # @@protoc_insertion_point(module_scope)

@@ -126,47 +126,8 @@ class RegisterDatasetResponse(_message.Message):
     DATASET_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     dataset: Dataset
-    report: ValidationReport
-    def __init__(self, dataset: _Optional[_Union[Dataset, _Mapping]] = ..., report: _Optional[_Union[ValidationReport, _Mapping]] = ...) -> None: ...
-
-class RowIssue(_message.Message):
-    __slots__ = ("row", "field", "code", "message")
-    ROW_FIELD_NUMBER: _ClassVar[int]
-    FIELD_FIELD_NUMBER: _ClassVar[int]
-    CODE_FIELD_NUMBER: _ClassVar[int]
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    row: int
-    field: str
-    code: str
-    message: str
-    def __init__(self, row: _Optional[int] = ..., field: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
-
-class ValidationReport(_message.Message):
-    __slots__ = ("source", "rows_read", "rows_accepted", "rows_rejected", "rows_filtered", "rows_deduplicated", "issues", "counts_by_code")
-    class CountsByCodeEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: int
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
-    SOURCE_FIELD_NUMBER: _ClassVar[int]
-    ROWS_READ_FIELD_NUMBER: _ClassVar[int]
-    ROWS_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
-    ROWS_REJECTED_FIELD_NUMBER: _ClassVar[int]
-    ROWS_FILTERED_FIELD_NUMBER: _ClassVar[int]
-    ROWS_DEDUPLICATED_FIELD_NUMBER: _ClassVar[int]
-    ISSUES_FIELD_NUMBER: _ClassVar[int]
-    COUNTS_BY_CODE_FIELD_NUMBER: _ClassVar[int]
-    source: str
-    rows_read: int
-    rows_accepted: int
-    rows_rejected: int
-    rows_filtered: int
-    rows_deduplicated: int
-    issues: _containers.RepeatedCompositeFieldContainer[RowIssue]
-    counts_by_code: _containers.ScalarMap[str, int]
-    def __init__(self, source: _Optional[str] = ..., rows_read: _Optional[int] = ..., rows_accepted: _Optional[int] = ..., rows_rejected: _Optional[int] = ..., rows_filtered: _Optional[int] = ..., rows_deduplicated: _Optional[int] = ..., issues: _Optional[_Iterable[_Union[RowIssue, _Mapping]]] = ..., counts_by_code: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    report: _common_pb2.ValidationReport
+    def __init__(self, dataset: _Optional[_Union[Dataset, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.ValidationReport, _Mapping]] = ...) -> None: ...
 
 class Split(_message.Message):
     __slots__ = ("name", "rows", "artifact")

@@ -85,18 +85,18 @@ class DataServiceStub:
                 request_serializer=tunesmith_dot_api_dot_data_dot_v1_dot_data__pb2.CreateSyntheticDataJobRequest.SerializeToString,
                 response_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.Job.FromString,
                 _registered_method=True)
-        self.GetJob = channel.unary_unary(
-                '/tunesmith.api.data.v1.DataService/GetJob',
+        self.GetDataJob = channel.unary_unary(
+                '/tunesmith.api.data.v1.DataService/GetDataJob',
                 request_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.Job.FromString,
                 _registered_method=True)
-        self.CancelJob = channel.unary_unary(
-                '/tunesmith.api.data.v1.DataService/CancelJob',
+        self.CancelDataJob = channel.unary_unary(
+                '/tunesmith.api.data.v1.DataService/CancelDataJob',
                 request_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.Job.FromString,
                 _registered_method=True)
-        self.StreamJobEvents = channel.unary_stream(
-                '/tunesmith.api.data.v1.DataService/StreamJobEvents',
+        self.StreamDataJobEvents = channel.unary_stream(
+                '/tunesmith.api.data.v1.DataService/StreamDataJobEvents',
                 request_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEventsRequest.SerializeToString,
                 response_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEvent.FromString,
                 _registered_method=True)
@@ -113,7 +113,8 @@ class DataServiceServicer:
 
     def UploadDataset(self, request_iterator, context):
         """Upload a file in chunks: the first message carries the spec, the rest carry bytes.
-        Nothing is stored unless every row validates.
+        Nothing is stored unless every row validates; a refused file's per-row report travels as a
+        google.rpc.Status detail (tunesmith.api.common.v1.ValidationReport).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,24 +166,25 @@ class DataServiceServicer:
 
     def CreateSyntheticDataJob(self, request, context):
         """Synthetic instruction data from documents (the Alpaca technique), as a job.
+        Not built yet: UNIMPLEMENTED. The data job RPCs below answer NOT_FOUND until it is.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetJob(self, request, context):
+    def GetDataJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def CancelJob(self, request, context):
+    def CancelDataJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def StreamJobEvents(self, request, context):
+    def StreamDataJobEvents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -241,18 +243,18 @@ def add_DataServiceServicer_to_server(servicer, server):
                     request_deserializer=tunesmith_dot_api_dot_data_dot_v1_dot_data__pb2.CreateSyntheticDataJobRequest.FromString,
                     response_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.Job.SerializeToString,
             ),
-            'GetJob': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetJob,
+            'GetDataJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDataJob,
                     request_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.GetJobRequest.FromString,
                     response_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.Job.SerializeToString,
             ),
-            'CancelJob': grpc.unary_unary_rpc_method_handler(
-                    servicer.CancelJob,
+            'CancelDataJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelDataJob,
                     request_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.CancelJobRequest.FromString,
                     response_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.Job.SerializeToString,
             ),
-            'StreamJobEvents': grpc.unary_stream_rpc_method_handler(
-                    servicer.StreamJobEvents,
+            'StreamDataJobEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamDataJobEvents,
                     request_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEventsRequest.FromString,
                     response_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEvent.SerializeToString,
             ),
@@ -538,7 +540,7 @@ class DataService:
             _registered_method=True)
 
     @staticmethod
-    def GetJob(request,
+    def GetDataJob(request,
             target,
             options=(),
             channel_credentials=None,
@@ -551,7 +553,7 @@ class DataService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/tunesmith.api.data.v1.DataService/GetJob',
+            '/tunesmith.api.data.v1.DataService/GetDataJob',
             tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.GetJobRequest.SerializeToString,
             tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.Job.FromString,
             options,
@@ -565,7 +567,7 @@ class DataService:
             _registered_method=True)
 
     @staticmethod
-    def CancelJob(request,
+    def CancelDataJob(request,
             target,
             options=(),
             channel_credentials=None,
@@ -578,7 +580,7 @@ class DataService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/tunesmith.api.data.v1.DataService/CancelJob',
+            '/tunesmith.api.data.v1.DataService/CancelDataJob',
             tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.CancelJobRequest.SerializeToString,
             tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.Job.FromString,
             options,
@@ -592,7 +594,7 @@ class DataService:
             _registered_method=True)
 
     @staticmethod
-    def StreamJobEvents(request,
+    def StreamDataJobEvents(request,
             target,
             options=(),
             channel_credentials=None,
@@ -605,7 +607,7 @@ class DataService:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/tunesmith.api.data.v1.DataService/StreamJobEvents',
+            '/tunesmith.api.data.v1.DataService/StreamDataJobEvents',
             tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEventsRequest.SerializeToString,
             tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEvent.FromString,
             options,

@@ -60,8 +60,8 @@ class EvaluatorServiceStub:
                 request_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=tunesmith_dot_api_dot_evaluator_dot_v1_dot_evaluator__pb2.Evaluation.FromString,
                 _registered_method=True)
-        self.WatchEvaluation = channel.unary_stream(
-                '/tunesmith.api.evaluator.v1.EvaluatorService/WatchEvaluation',
+        self.StreamEvaluationEvents = channel.unary_stream(
+                '/tunesmith.api.evaluator.v1.EvaluatorService/StreamEvaluationEvents',
                 request_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEventsRequest.SerializeToString,
                 response_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEvent.FromString,
                 _registered_method=True)
@@ -77,7 +77,8 @@ class EvaluatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateEvaluation(self, request, context):
-        """Returns at once; the evaluation runs as a job.
+        """Checks the whole spec (dataset and split, models, benchmarks, backend and its availability,
+        generation ranges) and returns at once; the evaluation runs as a job.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,7 +102,7 @@ class EvaluatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def WatchEvaluation(self, request, context):
+    def StreamEvaluationEvents(self, request, context):
         """Ordered events of one evaluation; replayable and optionally followed to the end.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -136,8 +137,8 @@ def add_EvaluatorServiceServicer_to_server(servicer, server):
                     request_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.CancelJobRequest.FromString,
                     response_serializer=tunesmith_dot_api_dot_evaluator_dot_v1_dot_evaluator__pb2.Evaluation.SerializeToString,
             ),
-            'WatchEvaluation': grpc.unary_stream_rpc_method_handler(
-                    servicer.WatchEvaluation,
+            'StreamEvaluationEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamEvaluationEvents,
                     request_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEventsRequest.FromString,
                     response_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEvent.SerializeToString,
             ),
@@ -288,7 +289,7 @@ class EvaluatorService:
             _registered_method=True)
 
     @staticmethod
-    def WatchEvaluation(request,
+    def StreamEvaluationEvents(request,
             target,
             options=(),
             channel_credentials=None,
@@ -301,7 +302,7 @@ class EvaluatorService:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/tunesmith.api.evaluator.v1.EvaluatorService/WatchEvaluation',
+            '/tunesmith.api.evaluator.v1.EvaluatorService/StreamEvaluationEvents',
             tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEventsRequest.SerializeToString,
             tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEvent.FromString,
             options,

@@ -1,5 +1,6 @@
 from tunesmith.api.common.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -7,13 +8,48 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ChatRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHAT_ROLE_UNSPECIFIED: _ClassVar[ChatRole]
+    CHAT_ROLE_SYSTEM: _ClassVar[ChatRole]
+    CHAT_ROLE_USER: _ClassVar[ChatRole]
+    CHAT_ROLE_ASSISTANT: _ClassVar[ChatRole]
+    CHAT_ROLE_TOOL: _ClassVar[ChatRole]
+
+class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
+    FINISH_REASON_STOP: _ClassVar[FinishReason]
+    FINISH_REASON_LENGTH: _ClassVar[FinishReason]
+    FINISH_REASON_CANCELLED: _ClassVar[FinishReason]
+
+class ServedModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SERVED_MODEL_STATE_UNSPECIFIED: _ClassVar[ServedModelState]
+    SERVED_MODEL_STATE_LOADING: _ClassVar[ServedModelState]
+    SERVED_MODEL_STATE_READY: _ClassVar[ServedModelState]
+    SERVED_MODEL_STATE_FAILED: _ClassVar[ServedModelState]
+CHAT_ROLE_UNSPECIFIED: ChatRole
+CHAT_ROLE_SYSTEM: ChatRole
+CHAT_ROLE_USER: ChatRole
+CHAT_ROLE_ASSISTANT: ChatRole
+CHAT_ROLE_TOOL: ChatRole
+FINISH_REASON_UNSPECIFIED: FinishReason
+FINISH_REASON_STOP: FinishReason
+FINISH_REASON_LENGTH: FinishReason
+FINISH_REASON_CANCELLED: FinishReason
+SERVED_MODEL_STATE_UNSPECIFIED: ServedModelState
+SERVED_MODEL_STATE_LOADING: ServedModelState
+SERVED_MODEL_STATE_READY: ServedModelState
+SERVED_MODEL_STATE_FAILED: ServedModelState
+
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
-    role: str
+    role: ChatRole
     content: str
-    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+    def __init__(self, role: _Optional[_Union[ChatRole, str]] = ..., content: _Optional[str] = ...) -> None: ...
 
 class Conversation(_message.Message):
     __slots__ = ("messages",)
@@ -69,9 +105,9 @@ class Completion(_message.Message):
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str
+    finish_reason: FinishReason
     token_logprobs: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, text: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., token_logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
+    def __init__(self, text: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., token_logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("completions", "model", "backend")
@@ -89,12 +125,12 @@ class GenerateChunk(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     delta: str
-    finish_reason: str
+    finish_reason: FinishReason
     completion_tokens: int
-    def __init__(self, delta: _Optional[str] = ..., finish_reason: _Optional[str] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+    def __init__(self, delta: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class ServedModel(_message.Message):
-    __slots__ = ("name", "kind", "artifact", "base", "backend", "backend_reason", "dtype")
+    __slots__ = ("name", "kind", "artifact", "base", "backend", "backend_reason", "dtype", "state", "error")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
@@ -102,14 +138,24 @@ class ServedModel(_message.Message):
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     BACKEND_REASON_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     artifact: _common_pb2.ArtifactRef
     base: str
     backend: str
     backend_reason: str
-    dtype: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., base: _Optional[str] = ..., backend: _Optional[str] = ..., backend_reason: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
+    dtype: _common_pb2.Dtype
+    state: ServedModelState
+    error: _common_pb2.JobError
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., base: _Optional[str] = ..., backend: _Optional[str] = ..., backend_reason: _Optional[str] = ..., dtype: _Optional[_Union[_common_pb2.Dtype, str]] = ..., state: _Optional[_Union[ServedModelState, str]] = ..., error: _Optional[_Union[_common_pb2.JobError, _Mapping]] = ...) -> None: ...
+
+class GetServedModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ListServedModelsRequest(_message.Message):
     __slots__ = ()
@@ -132,10 +178,10 @@ class LoadModelRequest(_message.Message):
     name: str
     model: str
     backend: str
-    dtype: str
+    dtype: _common_pb2.Dtype
     enable_adapters: bool
     max_model_len: int
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., dtype: _Optional[str] = ..., enable_adapters: _Optional[bool] = ..., max_model_len: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., dtype: _Optional[_Union[_common_pb2.Dtype, str]] = ..., enable_adapters: _Optional[bool] = ..., max_model_len: _Optional[int] = ...) -> None: ...
 
 class UnloadModelRequest(_message.Message):
     __slots__ = ("name",)

@@ -60,6 +60,11 @@ class InferenceServiceStub:
                 request_serializer=tunesmith_dot_api_dot_inference_dot_v1_dot_inference__pb2.LoadModelRequest.SerializeToString,
                 response_deserializer=tunesmith_dot_api_dot_inference_dot_v1_dot_inference__pb2.ServedModel.FromString,
                 _registered_method=True)
+        self.GetServedModel = channel.unary_unary(
+                '/tunesmith.api.inference.v1.InferenceService/GetServedModel',
+                request_serializer=tunesmith_dot_api_dot_inference_dot_v1_dot_inference__pb2.GetServedModelRequest.SerializeToString,
+                response_deserializer=tunesmith_dot_api_dot_inference_dot_v1_dot_inference__pb2.ServedModel.FromString,
+                _registered_method=True)
         self.UnloadModel = channel.unary_unary(
                 '/tunesmith.api.inference.v1.InferenceService/UnloadModel',
                 request_serializer=tunesmith_dot_api_dot_inference_dot_v1_dot_inference__pb2.UnloadModelRequest.SerializeToString,
@@ -107,6 +112,14 @@ class InferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LoadModel(self, request, context):
+        """Returns at once with the model in LOADING (a vLLM engine takes 30-60 s to start); poll
+        GetServedModel until READY or FAILED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServedModel(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -156,6 +169,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
             'LoadModel': grpc.unary_unary_rpc_method_handler(
                     servicer.LoadModel,
                     request_deserializer=tunesmith_dot_api_dot_inference_dot_v1_dot_inference__pb2.LoadModelRequest.FromString,
+                    response_serializer=tunesmith_dot_api_dot_inference_dot_v1_dot_inference__pb2.ServedModel.SerializeToString,
+            ),
+            'GetServedModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServedModel,
+                    request_deserializer=tunesmith_dot_api_dot_inference_dot_v1_dot_inference__pb2.GetServedModelRequest.FromString,
                     response_serializer=tunesmith_dot_api_dot_inference_dot_v1_dot_inference__pb2.ServedModel.SerializeToString,
             ),
             'UnloadModel': grpc.unary_unary_rpc_method_handler(
@@ -308,6 +326,33 @@ class InferenceService:
             target,
             '/tunesmith.api.inference.v1.InferenceService/LoadModel',
             tunesmith_dot_api_dot_inference_dot_v1_dot_inference__pb2.LoadModelRequest.SerializeToString,
+            tunesmith_dot_api_dot_inference_dot_v1_dot_inference__pb2.ServedModel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServedModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunesmith.api.inference.v1.InferenceService/GetServedModel',
+            tunesmith_dot_api_dot_inference_dot_v1_dot_inference__pb2.GetServedModelRequest.SerializeToString,
             tunesmith_dot_api_dot_inference_dot_v1_dot_inference__pb2.ServedModel.FromString,
             options,
             channel_credentials,

@@ -14,12 +14,63 @@ class Objective(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OBJECTIVE_UNSPECIFIED: _ClassVar[Objective]
     OBJECTIVE_SFT: _ClassVar[Objective]
     OBJECTIVE_DPO: _ClassVar[Objective]
+
+class LrScheduler(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LR_SCHEDULER_UNSPECIFIED: _ClassVar[LrScheduler]
+    LR_SCHEDULER_LINEAR: _ClassVar[LrScheduler]
+    LR_SCHEDULER_COSINE: _ClassVar[LrScheduler]
+    LR_SCHEDULER_CONSTANT: _ClassVar[LrScheduler]
+
+class Optimizer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OPTIMIZER_UNSPECIFIED: _ClassVar[Optimizer]
+    OPTIMIZER_ADAMW: _ClassVar[Optimizer]
+    OPTIMIZER_ADAMW_8BIT: _ClassVar[Optimizer]
+    OPTIMIZER_SGD: _ClassVar[Optimizer]
+
+class QuantType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    QUANT_TYPE_UNSPECIFIED: _ClassVar[QuantType]
+    QUANT_TYPE_NF4: _ClassVar[QuantType]
+    QUANT_TYPE_FP4: _ClassVar[QuantType]
+
+class DpoLossType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DPO_LOSS_TYPE_UNSPECIFIED: _ClassVar[DpoLossType]
+    DPO_LOSS_TYPE_SIGMOID: _ClassVar[DpoLossType]
+    DPO_LOSS_TYPE_IPO: _ClassVar[DpoLossType]
+    DPO_LOSS_TYPE_HINGE: _ClassVar[DpoLossType]
+
+class ReferenceModelPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REFERENCE_MODEL_POLICY_UNSPECIFIED: _ClassVar[ReferenceModelPolicy]
+    REFERENCE_MODEL_POLICY_FROZEN_BASE: _ClassVar[ReferenceModelPolicy]
+    REFERENCE_MODEL_POLICY_SEPARATE_MODEL: _ClassVar[ReferenceModelPolicy]
 OBJECTIVE_UNSPECIFIED: Objective
 OBJECTIVE_SFT: Objective
 OBJECTIVE_DPO: Objective
+LR_SCHEDULER_UNSPECIFIED: LrScheduler
+LR_SCHEDULER_LINEAR: LrScheduler
+LR_SCHEDULER_COSINE: LrScheduler
+LR_SCHEDULER_CONSTANT: LrScheduler
+OPTIMIZER_UNSPECIFIED: Optimizer
+OPTIMIZER_ADAMW: Optimizer
+OPTIMIZER_ADAMW_8BIT: Optimizer
+OPTIMIZER_SGD: Optimizer
+QUANT_TYPE_UNSPECIFIED: QuantType
+QUANT_TYPE_NF4: QuantType
+QUANT_TYPE_FP4: QuantType
+DPO_LOSS_TYPE_UNSPECIFIED: DpoLossType
+DPO_LOSS_TYPE_SIGMOID: DpoLossType
+DPO_LOSS_TYPE_IPO: DpoLossType
+DPO_LOSS_TYPE_HINGE: DpoLossType
+REFERENCE_MODEL_POLICY_UNSPECIFIED: ReferenceModelPolicy
+REFERENCE_MODEL_POLICY_FROZEN_BASE: ReferenceModelPolicy
+REFERENCE_MODEL_POLICY_SEPARATE_MODEL: ReferenceModelPolicy
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm", "seed", "max_seq_length", "dtype", "gradient_checkpointing", "completion_only_loss", "packing", "dpo_beta", "eval_every_steps", "early_stopping_patience", "checkpoint_every_steps", "log_every_steps", "optimizer")
+    __slots__ = ("epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm", "seed", "max_seq_length", "dtype", "gradient_checkpointing", "completion_only_loss", "packing", "eval_every_steps", "early_stopping_patience", "checkpoint_every_steps", "log_every_steps", "optimizer")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -36,7 +87,6 @@ class Hyperparameters(_message.Message):
     GRADIENT_CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_ONLY_LOSS_FIELD_NUMBER: _ClassVar[int]
     PACKING_FIELD_NUMBER: _ClassVar[int]
-    DPO_BETA_FIELD_NUMBER: _ClassVar[int]
     EVAL_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
     EARLY_STOPPING_PATIENCE_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -47,43 +97,114 @@ class Hyperparameters(_message.Message):
     batch_size: int
     gradient_accumulation_steps: int
     learning_rate: float
-    lr_scheduler: str
+    lr_scheduler: LrScheduler
     warmup_ratio: float
     warmup_steps: int
     weight_decay: float
     max_grad_norm: float
     seed: int
     max_seq_length: int
-    dtype: str
+    dtype: _common_pb2.Dtype
     gradient_checkpointing: bool
     completion_only_loss: bool
     packing: bool
-    dpo_beta: float
     eval_every_steps: int
     early_stopping_patience: int
     checkpoint_every_steps: int
     log_every_steps: int
-    optimizer: str
-    def __init__(self, epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., warmup_ratio: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., seed: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., dtype: _Optional[str] = ..., gradient_checkpointing: _Optional[bool] = ..., completion_only_loss: _Optional[bool] = ..., packing: _Optional[bool] = ..., dpo_beta: _Optional[float] = ..., eval_every_steps: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., checkpoint_every_steps: _Optional[int] = ..., log_every_steps: _Optional[int] = ..., optimizer: _Optional[str] = ...) -> None: ...
+    optimizer: Optimizer
+    def __init__(self, epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., lr_scheduler: _Optional[_Union[LrScheduler, str]] = ..., warmup_ratio: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., seed: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., dtype: _Optional[_Union[_common_pb2.Dtype, str]] = ..., gradient_checkpointing: _Optional[bool] = ..., completion_only_loss: _Optional[bool] = ..., packing: _Optional[bool] = ..., eval_every_steps: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., checkpoint_every_steps: _Optional[int] = ..., log_every_steps: _Optional[int] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ...) -> None: ...
 
-class MethodSpec(_message.Message):
-    __slots__ = ("name", "rank", "alpha", "dropout", "target_modules", "options")
-    NAME_FIELD_NUMBER: _ClassVar[int]
+class LoraConfig(_message.Message):
+    __slots__ = ("rank", "alpha", "dropout", "target_modules", "use_dora", "use_rslora")
     RANK_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_FIELD_NUMBER: _ClassVar[int]
     TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
-    OPTIONS_FIELD_NUMBER: _ClassVar[int]
-    name: str
+    USE_DORA_FIELD_NUMBER: _ClassVar[int]
+    USE_RSLORA_FIELD_NUMBER: _ClassVar[int]
     rank: int
     alpha: float
     dropout: float
     target_modules: _containers.RepeatedScalarFieldContainer[str]
+    use_dora: bool
+    use_rslora: bool
+    def __init__(self, rank: _Optional[int] = ..., alpha: _Optional[float] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., use_dora: _Optional[bool] = ..., use_rslora: _Optional[bool] = ...) -> None: ...
+
+class QloraConfig(_message.Message):
+    __slots__ = ("lora", "bits", "quant_type", "compute_dtype", "double_quant")
+    LORA_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    QUANT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DOUBLE_QUANT_FIELD_NUMBER: _ClassVar[int]
+    lora: LoraConfig
+    bits: int
+    quant_type: QuantType
+    compute_dtype: _common_pb2.Dtype
+    double_quant: bool
+    def __init__(self, lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., bits: _Optional[int] = ..., quant_type: _Optional[_Union[QuantType, str]] = ..., compute_dtype: _Optional[_Union[_common_pb2.Dtype, str]] = ..., double_quant: _Optional[bool] = ...) -> None: ...
+
+class Ia3Config(_message.Message):
+    __slots__ = ("target_modules", "feedforward_modules")
+    TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
+    FEEDFORWARD_MODULES_FIELD_NUMBER: _ClassVar[int]
+    target_modules: _containers.RepeatedScalarFieldContainer[str]
+    feedforward_modules: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, target_modules: _Optional[_Iterable[str]] = ..., feedforward_modules: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PrefixTuningConfig(_message.Message):
+    __slots__ = ("num_virtual_tokens",)
+    NUM_VIRTUAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    num_virtual_tokens: int
+    def __init__(self, num_virtual_tokens: _Optional[int] = ...) -> None: ...
+
+class PromptTuningConfig(_message.Message):
+    __slots__ = ("num_virtual_tokens", "init_text")
+    NUM_VIRTUAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    INIT_TEXT_FIELD_NUMBER: _ClassVar[int]
+    num_virtual_tokens: int
+    init_text: str
+    def __init__(self, num_virtual_tokens: _Optional[int] = ..., init_text: _Optional[str] = ...) -> None: ...
+
+class FullConfig(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MethodSpec(_message.Message):
+    __slots__ = ("name", "lora", "qlora", "ia3", "prefix_tuning", "prompt_tuning", "full", "options")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LORA_FIELD_NUMBER: _ClassVar[int]
+    QLORA_FIELD_NUMBER: _ClassVar[int]
+    IA3_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_TUNING_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TUNING_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    lora: LoraConfig
+    qlora: QloraConfig
+    ia3: Ia3Config
+    prefix_tuning: PrefixTuningConfig
+    prompt_tuning: PromptTuningConfig
+    full: FullConfig
     options: _struct_pb2.Struct
-    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., alpha: _Optional[float] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., qlora: _Optional[_Union[QloraConfig, _Mapping]] = ..., ia3: _Optional[_Union[Ia3Config, _Mapping]] = ..., prefix_tuning: _Optional[_Union[PrefixTuningConfig, _Mapping]] = ..., prompt_tuning: _Optional[_Union[PromptTuningConfig, _Mapping]] = ..., full: _Optional[_Union[FullConfig, _Mapping]] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class DpoConfig(_message.Message):
+    __slots__ = ("beta", "loss_type", "reference_policy", "reference_model")
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    LOSS_TYPE_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    beta: float
+    loss_type: DpoLossType
+    reference_policy: ReferenceModelPolicy
+    reference_model: str
+    def __init__(self, beta: _Optional[float] = ..., loss_type: _Optional[_Union[DpoLossType, str]] = ..., reference_policy: _Optional[_Union[ReferenceModelPolicy, str]] = ..., reference_model: _Optional[str] = ...) -> None: ...
 
 class TrainingJobSpec(_message.Message):
-    __slots__ = ("base_model", "dataset_id", "train_split", "validation_split", "objective", "method", "hyperparameters", "merge", "executor", "device", "num_processes", "resume_from_checkpoint", "serve_as")
+    __slots__ = ("base_model", "dataset_id", "train_split", "validation_split", "objective", "method", "hyperparameters", "merge", "executor", "device", "num_processes", "resume_from_checkpoint", "serve_as", "dpo")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SPLIT_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +218,7 @@ class TrainingJobSpec(_message.Message):
     NUM_PROCESSES_FIELD_NUMBER: _ClassVar[int]
     RESUME_FROM_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     SERVE_AS_FIELD_NUMBER: _ClassVar[int]
+    DPO_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     dataset_id: str
     train_split: str
@@ -110,7 +232,8 @@ class TrainingJobSpec(_message.Message):
     num_processes: int
     resume_from_checkpoint: str
     serve_as: str
-    def __init__(self, base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., train_split: _Optional[str] = ..., validation_split: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., method: _Optional[_Union[MethodSpec, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., merge: _Optional[bool] = ..., executor: _Optional[str] = ..., device: _Optional[str] = ..., num_processes: _Optional[int] = ..., resume_from_checkpoint: _Optional[str] = ..., serve_as: _Optional[str] = ...) -> None: ...
+    dpo: DpoConfig
+    def __init__(self, base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., train_split: _Optional[str] = ..., validation_split: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., method: _Optional[_Union[MethodSpec, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., merge: _Optional[bool] = ..., executor: _Optional[str] = ..., device: _Optional[str] = ..., num_processes: _Optional[int] = ..., resume_from_checkpoint: _Optional[str] = ..., serve_as: _Optional[str] = ..., dpo: _Optional[_Union[DpoConfig, _Mapping]] = ...) -> None: ...
 
 class CreateTrainingJobRequest(_message.Message):
     __slots__ = ("spec", "idempotency_key", "labels")
@@ -179,21 +302,42 @@ class ListTrainingJobsResponse(_message.Message):
     next_page_token: str
     def __init__(self, jobs: _Optional[_Iterable[_Union[TrainingJob, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
-class MergeAdapterRequest(_message.Message):
+class MergeSpec(_message.Message):
     __slots__ = ("adapter", "base_model", "dtype")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     adapter: _common_pb2.ArtifactRef
     base_model: str
-    dtype: str
-    def __init__(self, adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., base_model: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
+    dtype: _common_pb2.Dtype
+    def __init__(self, adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., base_model: _Optional[str] = ..., dtype: _Optional[_Union[_common_pb2.Dtype, str]] = ...) -> None: ...
 
-class MergeAdapterResponse(_message.Message):
-    __slots__ = ("merged_model",)
+class CreateMergeJobRequest(_message.Message):
+    __slots__ = ("spec", "idempotency_key", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    spec: MergeSpec
+    idempotency_key: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, spec: _Optional[_Union[MergeSpec, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class MergeJob(_message.Message):
+    __slots__ = ("job", "spec", "merged_model")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
     MERGED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    job: _common_pb2.Job
+    spec: MergeSpec
     merged_model: _common_pb2.ArtifactRef
-    def __init__(self, merged_model: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
+    def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ..., spec: _Optional[_Union[MergeSpec, _Mapping]] = ..., merged_model: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
 
 class PlanMemoryRequest(_message.Message):
     __slots__ = ("spec", "device", "device_memory_bytes")
@@ -287,10 +431,37 @@ class ListModelsResponse(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[Model]
     def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
 
-class RegisterModelRequest(_message.Message):
+class ModelImportSpec(_message.Message):
     __slots__ = ("name", "path")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     name: str
     path: str
     def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class CreateModelImportJobRequest(_message.Message):
+    __slots__ = ("spec", "idempotency_key", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    spec: ModelImportSpec
+    idempotency_key: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, spec: _Optional[_Union[ModelImportSpec, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ModelImportJob(_message.Message):
+    __slots__ = ("job", "spec", "model")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    job: _common_pb2.Job
+    spec: ModelImportSpec
+    model: Model
+    def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ..., spec: _Optional[_Union[ModelImportSpec, _Mapping]] = ..., model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...

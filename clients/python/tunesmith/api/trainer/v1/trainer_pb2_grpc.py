@@ -65,10 +65,20 @@ class TrainerServiceStub:
                 request_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEventsRequest.SerializeToString,
                 response_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEvent.FromString,
                 _registered_method=True)
-        self.MergeAdapter = channel.unary_unary(
-                '/tunesmith.api.trainer.v1.TrainerService/MergeAdapter',
-                request_serializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.MergeAdapterRequest.SerializeToString,
-                response_deserializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.MergeAdapterResponse.FromString,
+        self.CreateMergeJob = channel.unary_unary(
+                '/tunesmith.api.trainer.v1.TrainerService/CreateMergeJob',
+                request_serializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.CreateMergeJobRequest.SerializeToString,
+                response_deserializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.MergeJob.FromString,
+                _registered_method=True)
+        self.GetMergeJob = channel.unary_unary(
+                '/tunesmith.api.trainer.v1.TrainerService/GetMergeJob',
+                request_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.MergeJob.FromString,
+                _registered_method=True)
+        self.StreamMergeJobEvents = channel.unary_stream(
+                '/tunesmith.api.trainer.v1.TrainerService/StreamMergeJobEvents',
+                request_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEventsRequest.SerializeToString,
+                response_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEvent.FromString,
                 _registered_method=True)
         self.PlanMemory = channel.unary_unary(
                 '/tunesmith.api.trainer.v1.TrainerService/PlanMemory',
@@ -90,10 +100,15 @@ class TrainerServiceStub:
                 request_serializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
-        self.RegisterModel = channel.unary_unary(
-                '/tunesmith.api.trainer.v1.TrainerService/RegisterModel',
-                request_serializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.RegisterModelRequest.SerializeToString,
-                response_deserializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.Model.FromString,
+        self.CreateModelImportJob = channel.unary_unary(
+                '/tunesmith.api.trainer.v1.TrainerService/CreateModelImportJob',
+                request_serializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.CreateModelImportJobRequest.SerializeToString,
+                response_deserializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ModelImportJob.FromString,
+                _registered_method=True)
+        self.GetModelImportJob = channel.unary_unary(
+                '/tunesmith.api.trainer.v1.TrainerService/GetModelImportJob',
+                request_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ModelImportJob.FromString,
                 _registered_method=True)
 
 
@@ -107,8 +122,10 @@ class TrainerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateTrainingJob(self, request, context):
-        """Returns at once with the job in VALIDATING or QUEUED. Repeating a request with the same
-        idempotency_key returns the existing job instead of starting another.
+        """Checks the whole spec (names, ranges, device, dataset splits) and returns at once with the
+        job in VALIDATING; anything knowable up front is refused here with the field path. Repeating
+        a request with the same idempotency_key returns the existing job; the same key with a
+        different request is refused (ALREADY_EXISTS, naming the existing job).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -139,22 +156,37 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def MergeAdapter(self, request, context):
-        """Merge an adapter into its base model and store the merged model as an artifact.
+    def CreateMergeJob(self, request, context):
+        """Merge an adapter into its base model as a job (minutes on a CPU); the merged model is the
+        job's output artifact.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMergeJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamMergeJobEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PlanMemory(self, request, context):
-        """Estimate memory for a job on a device ("does this fit on that GPU?").
+        """Estimate memory for a job on a device ("does this fit on that GPU?"). Not built yet:
+        UNIMPLEMENTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateSweep(self, request, context):
-        """Sweeps (data volume, hyperparameters) run as managed groups of training jobs.
+        """Sweeps (data volume, hyperparameters) run as managed groups of training jobs. Not built
+        yet: UNIMPLEMENTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,7 +205,15 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def RegisterModel(self, request, context):
+    def CreateModelImportJob(self, request, context):
+        """Import a model folder or GGUF file into the model store as a job (a GGUF conversion takes
+        about a minute); the model is listed once the job succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModelImportJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,10 +252,20 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     request_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEventsRequest.FromString,
                     response_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEvent.SerializeToString,
             ),
-            'MergeAdapter': grpc.unary_unary_rpc_method_handler(
-                    servicer.MergeAdapter,
-                    request_deserializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.MergeAdapterRequest.FromString,
-                    response_serializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.MergeAdapterResponse.SerializeToString,
+            'CreateMergeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateMergeJob,
+                    request_deserializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.CreateMergeJobRequest.FromString,
+                    response_serializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.MergeJob.SerializeToString,
+            ),
+            'GetMergeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMergeJob,
+                    request_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.GetJobRequest.FromString,
+                    response_serializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.MergeJob.SerializeToString,
+            ),
+            'StreamMergeJobEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamMergeJobEvents,
+                    request_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEventsRequest.FromString,
+                    response_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEvent.SerializeToString,
             ),
             'PlanMemory': grpc.unary_unary_rpc_method_handler(
                     servicer.PlanMemory,
@@ -237,10 +287,15 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     request_deserializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ListModelsRequest.FromString,
                     response_serializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ListModelsResponse.SerializeToString,
             ),
-            'RegisterModel': grpc.unary_unary_rpc_method_handler(
-                    servicer.RegisterModel,
-                    request_deserializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.RegisterModelRequest.FromString,
-                    response_serializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.Model.SerializeToString,
+            'CreateModelImportJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateModelImportJob,
+                    request_deserializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.CreateModelImportJobRequest.FromString,
+                    response_serializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ModelImportJob.SerializeToString,
+            ),
+            'GetModelImportJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelImportJob,
+                    request_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.GetJobRequest.FromString,
+                    response_serializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ModelImportJob.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -416,7 +471,7 @@ class TrainerService:
             _registered_method=True)
 
     @staticmethod
-    def MergeAdapter(request,
+    def CreateMergeJob(request,
             target,
             options=(),
             channel_credentials=None,
@@ -429,9 +484,63 @@ class TrainerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/tunesmith.api.trainer.v1.TrainerService/MergeAdapter',
-            tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.MergeAdapterRequest.SerializeToString,
-            tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.MergeAdapterResponse.FromString,
+            '/tunesmith.api.trainer.v1.TrainerService/CreateMergeJob',
+            tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.CreateMergeJobRequest.SerializeToString,
+            tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.MergeJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMergeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunesmith.api.trainer.v1.TrainerService/GetMergeJob',
+            tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.GetJobRequest.SerializeToString,
+            tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.MergeJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamMergeJobEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tunesmith.api.trainer.v1.TrainerService/StreamMergeJobEvents',
+            tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEventsRequest.SerializeToString,
+            tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEvent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -551,7 +660,7 @@ class TrainerService:
             _registered_method=True)
 
     @staticmethod
-    def RegisterModel(request,
+    def CreateModelImportJob(request,
             target,
             options=(),
             channel_credentials=None,
@@ -564,9 +673,36 @@ class TrainerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/tunesmith.api.trainer.v1.TrainerService/RegisterModel',
-            tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.RegisterModelRequest.SerializeToString,
-            tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.Model.FromString,
+            '/tunesmith.api.trainer.v1.TrainerService/CreateModelImportJob',
+            tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.CreateModelImportJobRequest.SerializeToString,
+            tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ModelImportJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelImportJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunesmith.api.trainer.v1.TrainerService/GetModelImportJob',
+            tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.GetJobRequest.SerializeToString,
+            tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ModelImportJob.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,74 @@
+"""The v1 fields that are designed but not built yet: one table for the whole API.
+
+A request that sets one of them is refused with UNIMPLEMENTED naming the field path, never
+silently ignored. When an issue builds a field, it removes the field's row here. The field
+coverage test (tests/core/test_field_coverage.py) checks that every request field is either
+read by the service code or listed here.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from google.protobuf.message import Message
+
+from tunesmith.core.errors import Unimplemented
+
+#: message full name -> field name -> (refused when the value satisfies this, why).
+REFUSED: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "tunesmith.api.trainer.v1.TrainingJobSpec": {
+        "num_processes": (lambda v: v > 1, "multi-process (torchrun) training is not built yet"),
+        "resume_from_checkpoint": (bool, "resuming from a checkpoint is not built yet"),
+        "serve_as": (bool, "handing a finished model to the inference service is not built yet"),
+        "dpo": (bool, "DPO is not built yet"),
+    },
+    "tunesmith.api.trainer.v1.Hyperparameters": {
+        "packing": (bool, "packing is not built yet"),
+        "checkpoint_every_steps": (bool, "checkpoints are not built yet"),
+    },
+    "tunesmith.api.trainer.v1.MethodSpec": {
+        "qlora": (bool, "the qlora method is not built yet"),
+        "ia3": (bool, "the ia3 method is not built yet"),
+        "prefix_tuning": (bool, "the prefix_tuning method is not built yet"),
+        "prompt_tuning": (bool, "the prompt_tuning method is not built yet"),
+        "full": (bool, "full fine-tuning is not built yet"),
+    },
+    "tunesmith.api.evaluator.v1.EvaluationSpec": {
+        "judge": (bool, "judging and Elo ratings are not built yet"),
+        "error_analysis": (bool, "error analysis is not built yet"),
+        "html_report": (bool, "the HTML report is not built yet"),
+        "options": (bool, "benchmark options are not built yet"),
+    },
+    "tunesmith.api.evaluator.v1.ModelUnderTest": {
+        "adapter": (bool, "evaluating an adapter on its base is not built yet; evaluate the merged model"),
+    },
+    "tunesmith.api.inference.v1.GenerateRequest": {
+        "logprobs": (bool, "token log-probabilities are not built yet"),
+    },
+}
+
+#: Whole RPCs that answer UNIMPLEMENTED (their request fields need no row above).
+UNIMPLEMENTED_RPCS: frozenset[str] = frozenset({
+    "tunesmith.api.trainer.v1.TrainerService.PlanMemory",
+    "tunesmith.api.trainer.v1.TrainerService.CreateSweep",
+    "tunesmith.api.data.v1.DataService.CreateSyntheticDataJob",
+})
+
+
+def refuse_unimplemented(msg: Message, path: str = "") -> None:
+    """Raise Unimplemented for the first field of `msg` (recursively) that REFUSED lists and
+    the request sets, naming its path (e.g. "spec.hyperparameters.packing")."""
+    table = REFUSED.get(msg.DESCRIPTOR.full_name, {})
+    for field, value in msg.ListFields():
+        where = f"{path}.{field.name}" if path else field.name
+        rule = table.get(field.name)
+        if rule is not None:
+            refused, why = rule
+            if refused(value):
+                raise Unimplemented(f"{why}; leave {where} unset", field=where, code="field_unimplemented")
+        if field.message_type is None or field.message_type.GetOptions().map_entry:
+            continue
+        if field.is_repeated:
+            for i, item in enumerate(value):
+                refuse_unimplemented(item, f"{where}[{i}]")
+        elif field.message_type.full_name.startswith("tunesmith."):
+            refuse_unimplemented(value, where)

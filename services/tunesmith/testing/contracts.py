@@ -1,0 +1,751 @@
+"""Contract checks: the behaviour every plugin of a kind must have, run against the real plugin.
+
+One check per kind (as peft's test matrix runs every tuner through the same tests):
+
+    check_peft_method(method, model_factory=tiny_llama)
+    check_template(template, schemas=None, tokenizer=None)
+    check_benchmark(benchmark)
+    check_storage_backend(factory, root)
+    check_inference_backend(backend, model_dir, adapter_dir=None)
+    check_training_executor(executor, tmp_dir)
+
+Each first checks the object against its Protocol (tunesmith.core.contracts), then exercises it,
+and raises ContractViolation (an AssertionError) saying which contract failed; a check that
+cannot run here (backend unavailable, no model given) calls pytest.skip with the reason.
+
+A third-party package runs its own plugins through the same checks:
+
+    import pytest
+    from tunesmith.testing.contracts import check_plugin, plugin_cases
+
+    @pytest.mark.parametrize("case", plugin_cases(plugin="acme"))   # the entry-point name
+    def test_acme_keeps_the_contracts(case, tmp_path):
+        check_plugin(case, tmp_path)
+
+torch, transformers and peft are imported inside the checks that need them. The checks are
+sized for tiny models (tiny_llama(), a 2-layer Llama built from a config, takes well under a
+second); vLLM is skipped by check_plugin unless TUNESMITH_CONTRACT_VLLM=1 (its engine start
+takes 30-60 s).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from tunesmith.core import contracts as c
+from tunesmith.core.errors import FailedPrecondition, InvalidArgument, NotFound
+
+#: Environment variable that makes check_plugin run the slow inference backends too.
+SLOW_BACKENDS_ENV = "TUNESMITH_CONTRACT_VLLM"
+#: Inference backends check_plugin skips unless SLOW_BACKENDS_ENV is set (engine start 30-60 s).
+SLOW_INFERENCE_BACKENDS = frozenset({"vllm"})
+#: Errors a template may raise for a row it cannot render (the data service reports them per row).
+TEMPLATE_ROW_ERRORS = (KeyError, ValueError, InvalidArgument)
+#: An option key no template has.
+NO_SUCH_OPTION = "__tunesmith_contract_no_such_option__"
+
+#: One row per dataset schema, in canonical fields, as the data service hands them to render()
+#: (a preference row is rendered with its chosen answer as output/completion).
+SAMPLE_ROWS: dict[str, dict[str, Any]] = {
+    "classification": {"input": "My card has not arrived yet.", "output": "card_arrival"},
+    "alpaca": {"instruction": "Name the capital of France.", "input": "", "output": "Paris"},
+    "chat": {"messages": [{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": "Hi"},
+                          {"role": "assistant", "content": "Hello!"}]},
+    "prompt_completion": {"prompt": "2 + 2 =", "completion": " 4"},
+    "text": {"text": "The quick brown fox jumps over the lazy dog."},
+    "preference": {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "Go away.",
+                   "completion": "Hi!", "output": "Hi!"},
+}
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ContractViolation(AssertionError):
+    """A plugin broke its kind's contract; the message says which part."""
+
+
+def _require(ok: Any, message: str) -> None:
+    if not ok:
+        raise ContractViolation(message)
+
+
+def _skip(reason: str) -> None:
+    import pytest
+
+    pytest.skip(reason)
+
+
+def _label(obj: Any) -> str:
+    name = getattr(obj, "name", None) or getattr(obj, "scheme", None)
+    return f"{type(obj).__name__}({name!r})" if name else type(obj).__name__
+
+
+def check_conforms(obj: Any, protocol: type, what: str | None = None) -> None:
+    """ContractViolation listing every member `obj` lacks or declares differently from `protocol`."""
+    problems = c.conformance_errors(obj, protocol)
+    _require(not problems, f"{what or _label(obj)} does not satisfy {protocol.__name__}: {'; '.join(problems)}")
+
+
+def _raises(fn: Callable[[], Any], errors: tuple[type[BaseException], ...], what: str) -> BaseException:
+    """Run fn; return the exception if it is one of `errors`, else ContractViolation."""
+    try:
+        fn()
+    except errors as exc:
+        return exc
+    except Exception as exc:  # the wrong kind of error is the violation
+        raise ContractViolation(f"{what}: expected {' or '.join(e.__name__ for e in errors)}, "
+                                f"got {type(exc).__name__}: {exc}") from exc
+    raise ContractViolation(f"{what}: expected {' or '.join(e.__name__ for e in errors)}, nothing was raised")
+
+
+# --- tiny models ----------------------------------------------------------------------------
+def tiny_llama(vocab_size: int = 96, seed: int = 0) -> Any:
+    """A tiny random LlamaForCausalLM built from a config (hidden 32, 2 layers, 4 heads, 2 KV
+    heads; about 20k parameters), float32, seeded."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         tie_word_embeddings=False)
+    return LlamaForCausalLM(config).to(torch.float32)
+
+
+def tiny_tokenizer(chat_template: str | None = CHATML_TEMPLATE) -> Any:
+    """A tiny offline word-level tokenizer (transformers PreTrainedTokenizerFast) with a ChatML
+    chat template, for templates that need one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "<|im_start|>": 1, "<|im_end|>": 2, "<|pad|>": 3}
+    raw = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]", eos_token="<|im_end|>",
+                                  pad_token="<|pad|>", bos_token="<|im_start|>")
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    return tok
+
+
+def tiny_lora_adapter(model_dir: str, out_dir: str | os.PathLike[str], seed: int = 0) -> str:
+    """Save a random, strongly scaled peft LoRA adapter for the model in `model_dir` to `out_dir`
+    (it changes greedy output, so an adapter that is ignored shows). Returns out_dir."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=256, target_modules="all-linear",
+                                            init_lora_weights=False))
+    model.save_pretrained(str(out_dir))
+    return str(out_dir)
+
+
+# --- PEFT methods -----------------------------------------------------------------------------
+def _bad_values(defaults: dict[str, Any]) -> list[dict[str, Any]]:
+    """One clearly mistyped value per default option: a string for a number or bool, a number
+    for a string or list."""
+    bad: list[dict[str, Any]] = []
+    for key, value in defaults.items():
+        if isinstance(value, bool):
+            bad.append({key: "not-a-bool"})
+        elif isinstance(value, (int, float)):
+            bad.append({key: "not-a-number"})
+        elif isinstance(value, (str, list, tuple)):
+            bad.append({key: 12345})
+    return bad
+
+
+def check_peft_method(method: Any, model_factory: Callable[[], Any] | None = None, *,
+                      options: dict[str, Any] | None = None,
+                      bad_options: Sequence[dict[str, Any]] | None = None, lr: float = 0.5) -> None:
+    """A PeftMethod keeps its contract.
+
+    - validate({}) returns a dict of defaults; validating that again returns it unchanged and
+      does not modify its argument; load_kwargs(defaults, "cpu") is a dict.
+    - Each of `bad_options` (default: one mistyped value per default option, see _bad_values) is
+      refused by validate(), load_kwargs() and apply() with InvalidArgument whose field is one of
+      its option keys (the bare key), apply() before touching the model.
+    - apply(model_factory(), options) leaves trainable parameters; a forward/backward pass gives a
+      finite loss and non-zero gradients; one SGD step changes the logits.
+    - save_pretrained writes files; where that is a peft adapter (adapter_config.json) the stock
+      peft.PeftModel.from_pretrained on a fresh base loads it and gives the same logits, and (with
+      supports_merge) merge_and_unload() too. supports_merge without a peft adapter is a violation.
+
+    model_factory: returns a fresh causal LM; default tiny_llama. For a method with
+    quantized_base, pass one that loads the base with the method's load_kwargs.
+    """
+    import torch
+
+    what = f"peft method {_label(method)}"
+    check_conforms(method, c.PeftMethod, what)
+    defaults = method.validate({})
+    _require(isinstance(defaults, dict), f"{what}: validate({{}}) returned {type(defaults).__name__}, not a dict")
+    argument = copy.deepcopy(defaults)
+    again = method.validate(argument)
+    _require(argument == defaults, f"{what}: validate() modified its argument")
+    _require(again == defaults, f"{what}: validate(validate({{}})) = {again!r} differs from validate({{}}) = {defaults!r}")
+    load_kwargs = method.load_kwargs(copy.deepcopy(defaults), "cpu")
+    _require(isinstance(load_kwargs, dict), f"{what}: load_kwargs() returned {type(load_kwargs).__name__}, not a dict")
+
+    cases = list(_bad_values(defaults) if bad_options is None else bad_options)
+    for bad in cases:
+        for call, fn in (("validate", lambda b=bad: method.validate(dict(b))),
+                         ("load_kwargs", lambda b=bad: method.load_kwargs(dict(b), "cpu")),
+                         ("apply", lambda b=bad: method.apply(object(), dict(b)))):
+            exc = _raises(fn, (InvalidArgument,), f"{what}: {call}({bad!r})")
+            _require(exc.field in bad, f"{what}: {call}({bad!r}) raised InvalidArgument with field {exc.field!r}; "
+                                       f"the field must be the option key alone (one of {sorted(bad)})")
+
+    factory = model_factory or tiny_llama
+    base = factory()
+    base.eval()
+    vocab = int(base.config.vocab_size)
+    gen = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(3, vocab, (2, 8), generator=gen)
+    attention_mask = torch.ones_like(input_ids)
+    with torch.no_grad():
+        base_logits = base(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+
+    model = method.apply(base, dict(options or {}))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    _require(trainable, f"{what}: apply() left no trainable parameters")
+    model.train()
+    out = model(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids)
+    _require(out.loss is not None and math.isfinite(float(out.loss.detach())), f"{what}: forward gave no finite loss")
+    out.loss.backward()
+    grads = [p.grad for p in trainable if p.grad is not None]
+    _require(grads and any(float(g.abs().sum()) > 0 for g in grads),
+             f"{what}: backward left no non-zero gradient on the trainable parameters")
+    with torch.no_grad():
+        for p in trainable:
+            if p.grad is not None:
+                p -= lr * p.grad
+    model.eval()
+    with torch.no_grad():
+        tuned_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    _require(not torch.allclose(tuned_logits, base_logits, atol=1e-6),
+             f"{what}: a training step on the trainable parameters did not change the model's output")
+
+    with tempfile.TemporaryDirectory(prefix="tunesmith-contract-") as tmp:
+        model.save_pretrained(tmp)
+        _require(any(Path(tmp).iterdir()), f"{what}: save_pretrained() wrote nothing")
+        is_peft = (Path(tmp) / "adapter_config.json").is_file()
+        _require(is_peft or not method.supports_merge,
+                 f"{what}: supports_merge is True but save_pretrained() wrote no peft adapter (adapter_config.json)")
+        if is_peft:
+            from peft import PeftModel
+
+            fresh = factory()
+            fresh.load_state_dict(base_state)
+            reloaded = PeftModel.from_pretrained(fresh, tmp).eval()
+            with torch.no_grad():
+                again_logits = reloaded(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+            _require(torch.allclose(again_logits, tuned_logits, atol=1e-5),
+                     f"{what}: the saved adapter, loaded with peft.PeftModel.from_pretrained, gives other logits "
+                     f"(max difference {float((again_logits - tuned_logits).abs().max()):.3g})")
+            if method.supports_merge:
+                merged = reloaded.merge_and_unload().eval()
+                with torch.no_grad():
+                    merged_logits = merged(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+                _require(torch.allclose(merged_logits, tuned_logits, atol=1e-4),
+                         f"{what}: merge_and_unload() changes the logits "
+                         f"(max difference {float((merged_logits - tuned_logits).abs().max()):.3g})")
+
+
+# --- prompt templates -------------------------------------------------------------------------
+def claimed_schemas(template: Any) -> list[str]:
+    """The dataset schemas whose default template is this one (tunesmith.data.prepare)."""
+    from tunesmith.data.prepare import DEFAULT_TEMPLATES
+
+    return [schema for schema, name in DEFAULT_TEMPLATES.items() if name == getattr(template, "name", None)]
+
+
+def _check_rendered(what: str, rendered: Any) -> None:
+    prompt, completion = getattr(rendered, "prompt", None), getattr(rendered, "completion", None)
+    _require(isinstance(prompt, str) and isinstance(completion, str),
+             f"{what} returned {rendered!r}: it needs str attributes prompt and completion")
+    _require(completion.strip(), f"{what} rendered an empty completion")
+
+
+def check_template(template: Any, *, schemas: Iterable[str] | None = None, tokenizer: Any = None,
+                   options: dict[str, Any] | None = None) -> None:
+    """A PromptTemplate keeps its contract.
+
+    - validate_options({}) and validate_options(options) pass; an unknown option is refused with
+      InvalidArgument whose field is that option key.
+    - Each schema in `schemas` (default: claimed_schemas(template); SAMPLE_ROWS has one row per
+      schema) renders: str prompt, non-empty str completion, the same result twice, its fields
+      and options unmodified. For other schemas render() succeeds or raises KeyError, ValueError
+      or InvalidArgument. With no schema claimed, at least one sample row must render.
+    - An empty row raises KeyError, ValueError or InvalidArgument.
+    - needs_tokenizer False: rendering with tokenizer=None works; True: tokenizer=None raises one
+      of those errors (the chat-template rows then get `tokenizer`, default tiny_tokenizer()).
+    """
+    what = f"template {_label(template)}"
+    check_conforms(template, c.PromptTemplate, what)
+    options = dict(options or {})
+    template.validate_options({})
+    template.validate_options(dict(options))
+    exc = _raises(lambda: template.validate_options({NO_SUCH_OPTION: "x"}), (InvalidArgument,),
+                  f"{what}: validate_options with an unknown option")
+    _require(exc.field == NO_SUCH_OPTION,
+             f"{what}: validate_options named field {exc.field!r}, not the unknown option key {NO_SUCH_OPTION!r}")
+
+    required = list(schemas) if schemas is not None else claimed_schemas(template)
+    unknown = sorted(set(required) - set(SAMPLE_ROWS))
+    _require(not unknown, f"no sample row for schema(s) {unknown} (known: {sorted(SAMPLE_ROWS)})")
+    tok = None
+    if template.needs_tokenizer:
+        tok = tokenizer if tokenizer is not None else tiny_tokenizer()
+        _raises(lambda: template.render(dict(SAMPLE_ROWS[(required or ["chat"])[0]]), dict(options), None),
+                TEMPLATE_ROW_ERRORS, f"{what}: needs_tokenizer is True, so render() with tokenizer=None")
+
+    rendered_any = False
+    for schema, row in SAMPLE_ROWS.items():
+        fields, opts = copy.deepcopy(row), copy.deepcopy(options)
+        label = f"{what}.render({schema} row)"
+        if schema in required:
+            first = template.render(fields, opts, tok)
+            _check_rendered(label, first)
+            second = template.render(copy.deepcopy(row), copy.deepcopy(options), tok)
+            _require((first.prompt, first.completion) == (second.prompt, second.completion),
+                     f"{label} is not deterministic")
+            _require(fields == row and opts == options, f"{label} modified its fields or options")
+            rendered_any = True
+            continue
+        try:
+            result = template.render(fields, opts, tok)
+        except TEMPLATE_ROW_ERRORS:
+            continue
+        except Exception as err:  # any other error type breaks the contract
+            raise ContractViolation(f"{label} raised {type(err).__name__}: {err}; a row it cannot render must "
+                                    f"raise KeyError, ValueError or InvalidArgument") from err
+        _check_rendered(label, result)
+        rendered_any = True
+    _require(rendered_any, f"{what} rendered none of the sample rows ({', '.join(SAMPLE_ROWS)})")
+    _raises(lambda: template.render({}, dict(options), tok), TEMPLATE_ROW_ERRORS, f"{what}.render(empty row)")
+
+
+# --- benchmarks -------------------------------------------------------------------------------
+def _score(what: str, benchmark: Any, predictions: list[str], references: list[str],
+           unbounded: frozenset[str]) -> tuple[dict[str, float], list[bool] | None]:
+    result = benchmark.score(list(predictions), list(references))
+    metrics, per_row = getattr(result, "metrics", None), getattr(result, "per_row", "missing")
+    _require(isinstance(metrics, dict) and metrics, f"{what}: score() returned no metrics dict")
+    _require(per_row != "missing", f"{what}: score()'s result has no per_row attribute")
+    for name, value in metrics.items():
+        _require(isinstance(name, str) and isinstance(value, (int, float)) and not isinstance(value, bool)
+                 and math.isfinite(value), f"{what}: metric {name!r} = {value!r} is not a finite number")
+        _require(name in unbounded or 0.0 <= value <= 1.0, f"{what}: metric {name!r} = {value} is outside [0, 1]")
+    if per_row is not None:
+        _require(isinstance(per_row, (list, tuple)) and len(per_row) == len(predictions)
+                 and all(isinstance(x, bool) for x in per_row),
+                 f"{what}: per_row must be None or one bool per row ({len(predictions)}), got {per_row!r}")
+        per_row = list(per_row)
+    return {k: float(v) for k, v in metrics.items()}, per_row
+
+
+def check_benchmark(benchmark: Any, *, references: Sequence[str] | None = None,
+                    unbounded_metrics: Iterable[str] = ()) -> None:
+    """A Benchmark keeps its contract.
+
+    - Metrics are finite numbers in [0, 1] (except `unbounded_metrics`), the same names each call.
+    - Predictions equal to the references score at least as high on every metric as half-wrong
+      ones, which score at least as high as all-wrong ones; perfect beats all-wrong on some metric.
+    - per_row is None or one bool per row: all True for perfect, all False for all-wrong, exactly
+      the right rows for half-wrong.
+    - Scoring is deterministic; predictions and references of different lengths raise
+      InvalidArgument or ValueError.
+    """
+    what = f"benchmark {_label(benchmark)}"
+    check_conforms(benchmark, c.Benchmark, what)
+    refs = list(references or ["card_arrival", "change_pin", "exchange_rate", "card_arrival", "top_up_limits",
+                               "lost_or_stolen_phone"])
+    unbounded = frozenset(unbounded_metrics)
+    wrong = [f"zz wrong answer {i}" for i in range(len(refs))]
+    half = [r if i % 2 == 0 else wrong[i] for i, r in enumerate(refs)]
+    perfect_m, perfect_rows = _score(what, benchmark, list(refs), refs, unbounded)
+    half_m, half_rows = _score(what, benchmark, half, refs, unbounded)
+    wrong_m, wrong_rows = _score(what, benchmark, wrong, refs, unbounded)
+    _require(set(perfect_m) == set(half_m) == set(wrong_m), f"{what}: the metric names change between calls")
+    for name in perfect_m:
+        _require(perfect_m[name] >= half_m[name] >= wrong_m[name],
+                 f"{what}: metric {name!r} is not higher for better answers "
+                 f"(perfect {perfect_m[name]}, half right {half_m[name]}, all wrong {wrong_m[name]})")
+    _require(any(perfect_m[n] > wrong_m[n] for n in perfect_m),
+             f"{what}: no metric scores perfect answers above wrong ones ({perfect_m} vs {wrong_m})")
+    if perfect_rows is not None:
+        _require(all(perfect_rows), f"{what}: per_row marks a perfect prediction wrong: {perfect_rows}")
+        _require(not any(wrong_rows or []), f"{what}: per_row marks a wrong prediction right: {wrong_rows}")
+        _require(half_rows == [i % 2 == 0 for i in range(len(refs))], f"{what}: per_row is wrong: {half_rows}")
+    again, again_rows = _score(what, benchmark, half, refs, unbounded)
+    _require((again, again_rows) == (half_m, half_rows), f"{what}: scoring the same answers twice differs")
+    _raises(lambda: benchmark.score(list(refs[:-1]), list(refs)), (InvalidArgument, ValueError),
+            f"{what}: score() with {len(refs) - 1} predictions for {len(refs)} references")
+
+
+# --- storage backends -------------------------------------------------------------------------
+def check_storage_backend(factory: Any, root: str) -> None:
+    """A StorageBackendFactory and the Storage it builds keep their contracts.
+
+    - factory(root) satisfies the Storage Protocol; a second factory(root) and
+      factory(storage.root_uri) see the same data.
+    - write_bytes/read_bytes round trip; writing again replaces; a reader running alongside a
+      writer only ever sees a whole old or whole new file; reading a missing key is NotFound;
+      exists, write_json/read_json, append_line, list (sorted, direct children only, no staging
+      leftovers), delete (file, folder, missing) behave; bad keys are InvalidArgument.
+    - staging_dir gives a fresh folder, gone afterwards; put_artifact (folder, single file,
+      move=True) returns a reference (64-hex sha256, kind, size) that artifact(), verify() and
+      resolve() agree with; equal content gives an equal reference; a wrong sha256 does not
+      verify; key_of/uri round trip; clean_staging returns a count.
+    """
+    what = f"storage backend {_label(factory)}"
+    check_conforms(factory, c.StorageBackendFactory, what)
+    storage = factory(root)
+    check_conforms(storage, c.Storage, f"{what}: {type(storage).__name__}({root!r})")
+    _require(isinstance(storage.root_uri, str) and "://" in storage.root_uri,
+             f"{what}: root_uri {storage.root_uri!r} is not a URI")
+
+    key = "contract/files/a.bin"
+    _require(not storage.exists(key), f"{what}: exists() is True for a key never written")
+    _raises(lambda: storage.read_bytes(key), (NotFound,), f"{what}: read_bytes of a missing key")
+    storage.write_bytes(key, b"first")
+    _require(storage.exists(key) and storage.read_bytes(key) == b"first", f"{what}: write_bytes/read_bytes round trip")
+    storage.write_bytes(key, b"second")
+    _require(storage.read_bytes(key) == b"second", f"{what}: write_bytes does not replace the file")
+    for bad in ("../escape", "/absolute/key", "contract/../../escape", ""):
+        _raises(lambda k=bad: storage.write_bytes(k, b"x"), (InvalidArgument,), f"{what}: write_bytes({bad!r})")
+
+    old, new = b"o" * (1 << 18), b"n" * (1 << 18)
+    storage.write_bytes("contract/atomic.bin", old)
+    seen: list[bytes] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        for i in range(40):
+            storage.write_bytes("contract/atomic.bin", new if i % 2 == 0 else old)
+        stop.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    while not stop.is_set() or len(seen) < 5:
+        seen.append(storage.read_bytes("contract/atomic.bin"))
+        if len(seen) > 2000:
+            break
+    thread.join(60)
+    torn = [len(b) for b in seen if b not in (old, new)]
+    _require(not torn, f"{what}: a reader saw a partly written file ({len(torn)} of {len(seen)} reads)")
+
+    storage.write_json("contract/files/b.json", {"x": [1, 2], "y": "z"})
+    _require(storage.read_json("contract/files/b.json") == {"x": [1, 2], "y": "z"}, f"{what}: write_json/read_json")
+    storage.append_line("contract/files/log.jsonl", "one")
+    storage.append_line("contract/files/log.jsonl", "two\n")
+    _require(storage.read_bytes("contract/files/log.jsonl") == b"one\ntwo\n",
+             f"{what}: append_line gave {storage.read_bytes('contract/files/log.jsonl')!r}, not b'one\\ntwo\\n'")
+    storage.write_bytes("contract/files/sub/deep.txt", b"deep")
+    listed = storage.list("contract/files")
+    expected = ["contract/files/a.bin", "contract/files/b.json", "contract/files/log.jsonl", "contract/files/sub"]
+    _require(listed == expected, f"{what}: list('contract/files') = {listed}, expected {expected}")
+    _require(storage.list("contract") == ["contract/atomic.bin", "contract/files"],
+             f"{what}: list('contract') = {storage.list('contract')} (staging leftovers must not show)")
+    _require(storage.list("contract/nothing-here") == [], f"{what}: list of a missing folder is not []")
+    storage.delete("contract/files/a.bin")
+    _require(not storage.exists("contract/files/a.bin"), f"{what}: delete() left the file")
+    storage.delete("contract/files/sub")
+    _require(not storage.exists("contract/files/sub/deep.txt"), f"{what}: delete() of a folder left its files")
+    storage.delete("contract/files/never-written")
+    _require(isinstance(storage.path("contract/files/b.json"), os.PathLike), f"{what}: path() is not a local path")
+
+    with storage.staging_dir() as tmp:
+        tmp = Path(tmp)
+        _require(tmp.is_dir() and not any(tmp.iterdir()), f"{what}: staging_dir() is not a fresh empty folder")
+        (tmp / "weights.bin").write_bytes(b"\x00\x01" * 100)
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "config.json").write_text('{"a": 1}')
+        ref = storage.put_artifact("contract", tmp)
+        twin = storage.put_artifact("contract", tmp)
+    _require(not tmp.exists(), f"{what}: staging_dir() folder still exists after the block")
+    _require(re.fullmatch(r"[0-9a-f]{64}", str(ref.sha256)) and ref.kind == "contract" and ref.size_bytes == 208,
+             f"{what}: put_artifact returned {ref!r} (want a 64-hex sha256, kind 'contract', 208 bytes)")
+    _require((twin.uri, twin.sha256) == (ref.uri, ref.sha256), f"{what}: equal content gave another artifact")
+    _require(storage.artifact(ref.uri) == ref, f"{what}: artifact({ref.uri!r}) = {storage.artifact(ref.uri)!r} != {ref!r}")
+    _require(storage.verify(ref), f"{what}: verify() refuses a stored artifact")
+    _require(not storage.verify(replace(ref, sha256="0" * 64)), f"{what}: verify() accepts a wrong sha256")
+    folder = Path(storage.resolve(ref.uri))
+    _require((folder / "weights.bin").read_bytes() == b"\x00\x01" * 100
+             and (folder / "sub" / "config.json").read_text() == '{"a": 1}',
+             f"{what}: resolve({ref.uri!r}) does not hold the stored files")
+    art_key = storage.key_of(ref.uri)
+    _require(storage.exists(art_key), f"{what}: key_of({ref.uri!r}) = {art_key!r}, which does not exist")
+    _require(storage.key_of(storage.uri(art_key)) == art_key, f"{what}: key_of(uri(key)) != key for {art_key!r}")
+    _raises(lambda: storage.resolve(ref.uri.replace(ref.sha256, "f" * 64)), (NotFound,),
+            f"{what}: resolve() of an artifact never stored")
+
+    with storage.staging_dir() as tmp:
+        single = Path(tmp) / "only.txt"
+        single.write_text("just one file")
+        one = storage.put_artifact("contract", single)
+        moved_src = Path(tmp) / "moved"
+        moved_src.mkdir()
+        (moved_src / "m.txt").write_text("moved")
+        moved = storage.put_artifact("contract", moved_src, move=True)
+    _require((Path(storage.resolve(one.uri)) / "only.txt").read_text() == "just one file",
+             f"{what}: a single-file artifact does not hold that file under its name")
+    _require((Path(storage.resolve(moved.uri)) / "m.txt").read_text() == "moved" and storage.verify(moved),
+             f"{what}: put_artifact(move=True) lost the content")
+    _require(isinstance(storage.clean_staging(older_than_seconds=3600), int), f"{what}: clean_staging() is not a count")
+
+    for reopened_root in (root, storage.root_uri):
+        other = factory(reopened_root)
+        _require(other.read_json("contract/files/b.json") == {"x": [1, 2], "y": "z"} and other.verify(ref),
+                 f"{what}: factory({reopened_root!r}) does not see the same data")
+
+
+# --- training executors -----------------------------------------------------------------------
+def check_training_executor(executor: Any, tmp_dir: str | os.PathLike[str], *, timeout: float = 60.0) -> None:
+    """A TrainingExecutor and its handles keep their contracts.
+
+    - A `python -c` job gets the service environment plus `env`, its stdout and stderr land in
+      log_path, and wait()/poll() give exit code 0; a job exiting 3 gives 3.
+    - A running job: poll() is None, wait(short timeout) is None, cancel() returns at once and
+      the job ends with a non-zero code within `timeout`; cancel() again is harmless.
+    """
+    what = f"training executor {_label(executor)}"
+    check_conforms(executor, c.TrainingExecutor, what)
+    logs = Path(tmp_dir) / "executor-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    code = ("import os, sys; print('contract-stdout'); print('contract-stderr', file=sys.stderr); "
+            "print('env=' + os.environ['TUNESMITH_CONTRACT_ENV'])")
+    handle = executor.submit("contract-ok", [sys.executable, "-c", code], {"TUNESMITH_CONTRACT_ENV": "passed"},
+                             str(logs / "ok.log"))
+    check_conforms(handle, c.ExecutionHandle, f"{what}: the handle submit() returned")
+    rc = handle.wait(timeout)
+    _require(rc == 0, f"{what}: a job that succeeds gave wait() = {rc!r}, not 0")
+    _require(handle.poll() == 0, f"{what}: poll() after the job ended is {handle.poll()!r}, not 0")
+    log = (logs / "ok.log").read_text(errors="replace") if (logs / "ok.log").exists() else ""
+    for needle in ("contract-stdout", "contract-stderr", "env=passed"):
+        _require(needle in log, f"{what}: {needle!r} is missing from the job's log: {log!r}")
+
+    failing = executor.submit("contract-fail", [sys.executable, "-c", "import sys; sys.exit(3)"], {},
+                              str(logs / "fail.log"))
+    rc = failing.wait(timeout)
+    _require(rc == 3, f"{what}: a job exiting 3 gave wait() = {rc!r}")
+
+    running = executor.submit("contract-cancel", [sys.executable, "-c", "import time; time.sleep(120)"], {},
+                              str(logs / "cancel.log"))
+    try:
+        _require(running.poll() is None, f"{what}: poll() of a running job is {running.poll()!r}, not None")
+        _require(running.wait(0.2) is None, f"{what}: wait(0.2) of a running job did not time out with None")
+        t0 = time.monotonic()
+        running.cancel()
+        _require(time.monotonic() - t0 < 5, f"{what}: cancel() did not return at once")
+        rc = running.wait(timeout)
+        _require(rc is not None, f"{what}: a cancelled job still runs after {timeout:.0f} s")
+        _require(rc != 0, f"{what}: a cancelled job reported success (exit code 0)")
+        running.cancel()  # harmless after the end
+    finally:
+        if running.poll() is None:
+            running.cancel()
+
+
+# --- inference backends -----------------------------------------------------------------------
+CONTRACT_PROMPTS: list[c.PromptInput] = [
+    "Hello there, how are you",
+    [{"role": "user", "content": "How do I change my PIN number?"}],
+    "zero one two three four five six seven eight nine ten",
+]
+
+
+def check_inference_backend(backend: Any, model_dir: str, *, adapter_dir: str | None = None,
+                            dtype: str = "") -> None:
+    """An InferenceBackend and the LoadedModel it loads keep their contracts.
+
+    - available() is (bool, non-empty str); unavailable backends are skipped with that reason.
+    - load(model_dir) satisfies LoadedModel: backend == backend.name, dtype a non-empty str.
+    - generate(): one Generation per prompt (text and chat prompts), token counts within
+      max_new_tokens, known finish reasons; batched greedy results equal one-by-one results.
+    - stream(): satisfies GenerationStream; generation is None before the end, then matches
+      generate(); its deltas join to generate()'s text; closing a stream early leaves the model
+      working; close() again is harmless.
+    - Bad sampling is InvalidArgument; an unknown adapter is NotFound.
+    - With `adapter_dir` (a peft LoRA folder for this model, e.g. tiny_lora_adapter): the model
+      is loaded with enable_adapters; the adapter changes the output, stream() and generate()
+      agree on it, adapter=None still gives the base output, and unload_adapter() makes the name
+      unknown (NotFound, also for a second unload).
+    - After close(), generate() raises FailedPrecondition; close() again is harmless.
+    """
+    what = f"inference backend {_label(backend)}"
+    check_conforms(backend, c.InferenceBackend, what)
+    ok, reason = backend.available()
+    _require(isinstance(ok, bool) and isinstance(reason, str) and reason,
+             f"{what}: available() returned {(ok, reason)!r}, not (bool, non-empty reason)")
+    if not ok:
+        _skip(f"inference backend {backend.name!r} is not usable here: {reason}")
+    model = backend.load(model_dir, dtype=dtype, enable_adapters=adapter_dir is not None)
+    try:
+        mwhat = f"{what}: the model it loaded"
+        check_conforms(model, c.LoadedModel, mwhat)
+        _require(model.backend == backend.name, f"{mwhat}: backend is {model.backend!r}, not {backend.name!r}")
+        _require(isinstance(model.dtype, str) and model.dtype, f"{mwhat}: dtype {model.dtype!r} is not a dtype name")
+        sampling = c.Sampling(max_new_tokens=6)
+        gens = model.generate(list(CONTRACT_PROMPTS), sampling)
+        _require(isinstance(gens, list) and len(gens) == len(CONTRACT_PROMPTS),
+                 f"{mwhat}: generate() of {len(CONTRACT_PROMPTS)} prompts returned {gens!r}")
+        for g in gens:
+            _require(isinstance(g.text, str) and isinstance(g.prompt_tokens, int) and g.prompt_tokens > 0
+                     and isinstance(g.completion_tokens, int) and 0 <= g.completion_tokens <= 6
+                     and g.finish_reason in c.FINISH_REASONS, f"{mwhat}: generate() gave {g!r}")
+        base_texts = [g.text for g in gens]
+        one_by_one = [model.generate([p], sampling)[0].text for p in CONTRACT_PROMPTS]
+        _require(one_by_one == base_texts, f"{mwhat}: batched greedy texts {base_texts} differ from one-by-one "
+                                           f"texts {one_by_one}")
+
+        stream = model.stream(CONTRACT_PROMPTS[1], sampling)
+        check_conforms(stream, c.GenerationStream, f"{mwhat}: its stream")
+        _require(stream.generation is None, f"{mwhat}: stream.generation is set before the stream ends")
+        deltas = list(stream)
+        _require(all(isinstance(d, str) for d in deltas), f"{mwhat}: stream yielded non-text deltas {deltas!r}")
+        _require("".join(deltas) == gens[1].text,
+                 f"{mwhat}: stream deltas join to {''.join(deltas)!r}, generate() gave {gens[1].text!r}")
+        final = stream.generation
+        _require(final is not None and final.text == gens[1].text
+                 and final.completion_tokens == gens[1].completion_tokens
+                 and final.finish_reason == gens[1].finish_reason,
+                 f"{mwhat}: stream.generation after the end is {final!r}, generate() gave {gens[1]!r}")
+        stream.close()
+        early = model.stream(CONTRACT_PROMPTS[2], c.Sampling(max_new_tokens=64))
+        next(iter(early), None)
+        early.close()
+        early.close()
+        _require(model.generate([CONTRACT_PROMPTS[0]], sampling)[0].text == base_texts[0],
+                 f"{mwhat}: after closing a stream early the model answers differently")
+
+        exc = _raises(lambda: model.generate([CONTRACT_PROMPTS[0]], c.Sampling(max_new_tokens=0)),
+                      (InvalidArgument,), f"{mwhat}: generate() with max_new_tokens=0")
+        _require(exc.field and "max_new_tokens" in exc.field, f"{mwhat}: the bad sampling error names {exc.field!r}")
+        _raises(lambda: model.generate([CONTRACT_PROMPTS[0]], sampling, adapter="no-such-adapter"), (NotFound,),
+                f"{mwhat}: generate() with an unknown adapter")
+
+        if adapter_dir is not None:
+            model.load_adapter("contract", str(adapter_dir))
+            tuned = [g.text for g in model.generate(list(CONTRACT_PROMPTS), sampling, adapter="contract")]
+            _require(tuned != base_texts, f"{mwhat}: a strong random adapter did not change the output {tuned}")
+            joined = "".join(model.stream(CONTRACT_PROMPTS[0], sampling, adapter="contract"))
+            _require(joined == tuned[0], f"{mwhat}: stream(adapter=...) gave {joined!r}, generate() {tuned[0]!r}")
+            _require([g.text for g in model.generate(list(CONTRACT_PROMPTS), sampling)] == base_texts,
+                     f"{mwhat}: adapter=None no longer gives the base model's output")
+            model.unload_adapter("contract")
+            _raises(lambda: model.generate([CONTRACT_PROMPTS[0]], sampling, adapter="contract"), (NotFound,),
+                    f"{mwhat}: generate() with an unloaded adapter")
+            _raises(lambda: model.unload_adapter("contract"), (NotFound,), f"{mwhat}: unload_adapter() twice")
+    finally:
+        model.close()
+    model.close()
+    _raises(lambda: model.generate([CONTRACT_PROMPTS[0]], c.Sampling(max_new_tokens=2)), (FailedPrecondition,),
+            f"{what}: generate() after close()")
+
+
+# --- running a registry's plugins through the checks -------------------------------------------
+@dataclass(frozen=True)
+class PluginCase:
+    """One registration: kind, registered name, the object, and the plugin that registered it."""
+
+    kind: str
+    name: str
+    obj: Any
+    plugin: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+#: Registry kind -> the check check_plugin runs for it.
+CHECKS: dict[str, Callable[..., None]] = {
+    "peft_methods": check_peft_method,
+    "templates": check_template,
+    "benchmarks": check_benchmark,
+    "storage_backends": check_storage_backend,
+    "inference_backends": check_inference_backend,
+    "training_executors": check_training_executor,
+}
+
+
+def registered_cases(registry: Any = None, *, plugin: str | Iterable[str] | None = None,
+                     kinds: Iterable[str] | None = None) -> list[PluginCase]:
+    """Every registration of `registry` (default: a fresh PluginRegistry(), entry points
+    included), optionally only those of `plugin` (plugin names) and `kinds`."""
+    if registry is None:
+        from tunesmith.core.plugins import PluginRegistry
+
+        registry = PluginRegistry()
+    plugins = None if plugin is None else ({plugin} if isinstance(plugin, str) else set(plugin))
+    cases = []
+    for kind in (list(kinds) if kinds is not None else list(CHECKS)):
+        for name in registry.names(kind):
+            owner = registry.owner(kind, name)
+            if plugins is None or owner in plugins:
+                cases.append(PluginCase(kind, name, registry.get(kind, name), owner))
+    return cases
+
+
+def plugin_cases(registry: Any = None, *, plugin: str | Iterable[str] | None = None,
+                 kinds: Iterable[str] | None = None) -> list[Any]:
+    """registered_cases() as pytest params with readable ids ("templates:chat"), for
+    @pytest.mark.parametrize("case", plugin_cases(plugin="acme"))."""
+    import pytest
+
+    return [pytest.param(case, id=str(case)) for case in registered_cases(registry, plugin=plugin, kinds=kinds)]
+
+
+def check_plugin(case: PluginCase, tmp_path: str | os.PathLike[str], *, model_dir: str | None = None,
+                 model_factory: Callable[[], Any] | None = None, tokenizer: Any = None,
+                 schemas: Iterable[str] | None = None, adapter: bool = True) -> None:
+    """Run the check for case.kind on case.obj.
+
+    tmp_path: a scratch folder (storage roots, executor logs, adapters).
+    model_dir: a small Hugging Face model folder for inference backends (skipped without one);
+        with adapter=True a tiny_lora_adapter for it is built and checked too.
+    model_factory: builds the model PEFT methods are applied to (default tiny_llama).
+    tokenizer, schemas: for templates (see check_template).
+    Backends in SLOW_INFERENCE_BACKENDS are skipped unless TUNESMITH_CONTRACT_VLLM=1.
+    """
+    tmp = Path(tmp_path)
+    if case.kind == "peft_methods":
+        check_peft_method(case.obj, model_factory)
+    elif case.kind == "templates":
+        check_template(case.obj, schemas=schemas, tokenizer=tokenizer)
+    elif case.kind == "benchmarks":
+        check_benchmark(case.obj)
+    elif case.kind == "storage_backends":
+        check_storage_backend(case.obj, str(tmp / f"storage-{case.name}"))
+    elif case.kind == "training_executors":
+        check_training_executor(case.obj, tmp / f"executor-{case.name}")
+    elif case.kind == "inference_backends":
+        if case.name in SLOW_INFERENCE_BACKENDS and os.environ.get(SLOW_BACKENDS_ENV) != "1":
+            _skip(f"inference backend {case.name!r}: its engine start takes 30-60 s; "
+                  f"set {SLOW_BACKENDS_ENV}=1 to run its contract checks")
+        if model_dir is None:
+            _skip(f"inference backend {case.name!r}: no model_dir given to check_plugin")
+        adapter_dir = tiny_lora_adapter(model_dir, tmp / f"adapter-{case.name}") if adapter else None
+        check_inference_backend(case.obj, model_dir, adapter_dir=adapter_dir)
+    else:
+        raise ContractViolation(f"no contract check for registry kind {case.kind!r}")

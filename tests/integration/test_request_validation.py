@@ -1,0 +1,345 @@
+"""Table-driven: for every RPC, malformed and out-of-range values of each field are refused before
+anything runs, with the right status code, the field path in google.rpc BadRequest (or ErrorInfo),
+and storage unchanged.
+
+Each case starts from a request that is valid (or, for Get/Cancel-style RPCs, well-formed), sets
+one field, and expects (code, field path).
+"""
+from __future__ import annotations
+
+import math
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from tunesmith.api.common.v1 import common_pb2
+from tunesmith.api.data.v1 import data_pb2
+from tunesmith.api.evaluator.v1 import evaluator_pb2
+from tunesmith.api.inference.v1 import inference_pb2
+from tunesmith.api.trainer.v1 import trainer_pb2
+
+from .conftest import banking_rows, write_csv
+
+C = grpc.StatusCode
+INTENTS = ["card_arrival", "age_limit"]
+
+
+def _spec(**kw) -> data_pb2.DatasetSpec:
+    spec = data_pb2.DatasetSpec(schema=data_pb2.SCHEMA_CLASSIFICATION, column_mapping={"input": "text", "output": "category"},
+                                split=data_pb2.SplitSpec(validation_fraction=0.25, seed=1), **kw)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def world(cluster, tiny_model_dir, tmp_path_factory):
+    """A tiny model "tiny", one dataset with train/validation splits, a served model "served"."""
+    cluster.runtime.models.register("tiny", tiny_model_dir)
+    path = write_csv(tmp_path_factory.mktemp("csv") / "rows.csv", banking_rows(INTENTS, 8))
+    ds = cluster.data.RegisterDataset(data_pb2.RegisterDatasetRequest(source_uri=str(path), spec=_spec()),
+                                      timeout=60).dataset
+    served = cluster.inference.LoadModel(inference_pb2.LoadModelRequest(name="served", model="tiny",
+                                                                        backend="transformers"), timeout=30)
+    import time
+    while served.state == inference_pb2.SERVED_MODEL_STATE_LOADING:
+        time.sleep(0.2)
+        served = cluster.inference.GetServedModel(inference_pb2.GetServedModelRequest(name="served"), timeout=10)
+    assert served.state == inference_pb2.SERVED_MODEL_STATE_READY, served.error
+    return {"csv": path, "dataset": ds.id}
+
+
+def _snapshot(storage) -> list[str]:
+    root = storage.root
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if ".tmp" not in p.relative_to(root).parts and p.name != "events.jsonl")
+
+
+def _violations(err: grpc.RpcError) -> tuple[list[str], str]:
+    status = rpc_status.from_call(err)
+    fields, reason = [], ""
+    for d in status.details if status else []:
+        if d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            d.Unpack(bad)
+            fields += [v.field for v in bad.field_violations]
+        elif d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            d.Unpack(info)
+            reason = info.reason
+    return fields, reason
+
+
+# -- valid starting points --------------------------------------------------------------------
+def training(w, **spec) -> trainer_pb2.CreateTrainingJobRequest:
+    base = dict(base_model="tiny", dataset_id=w["dataset"])
+    base.update(spec)
+    return trainer_pb2.CreateTrainingJobRequest(spec=base)
+
+
+def hp(w, **h):
+    return training(w, hyperparameters=h)
+
+
+def evaluation(w, **spec) -> evaluator_pb2.CreateEvaluationRequest:
+    base = dict(dataset_id=w["dataset"], models=[{"label": "base", "model": "tiny"}])
+    base.update(spec)
+    return evaluator_pb2.CreateEvaluationRequest(spec=base)
+
+
+def gen(**sampling) -> inference_pb2.GenerateRequest:
+    return inference_pb2.GenerateRequest(model="served", prompts=[{"text": "hi"}], sampling=sampling)
+
+
+def register(w, **spec) -> data_pb2.RegisterDatasetRequest:
+    s = _spec()
+    for k, v in spec.items():
+        if isinstance(v, dict):
+            getattr(s, k).MergeFrom(type(getattr(s, k))(**v))
+        else:
+            setattr(s, k, v) if not isinstance(v, list) else getattr(s, k).extend(v)
+    return data_pb2.RegisterDatasetRequest(source_uri=str(w["csv"]), spec=s)
+
+
+NAN = math.nan
+CASES = [
+    # -- TrainerService.CreateTrainingJob ------------------------------------------------------
+    ("trainer", "CreateTrainingJob", lambda w: training(w, base_model=""), C.INVALID_ARGUMENT, "spec.base_model"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, base_model="nope"), C.NOT_FOUND, "spec.base_model"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, dataset_id=""), C.INVALID_ARGUMENT, "spec.dataset_id"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, dataset_id="ds-nope"), C.NOT_FOUND, "spec.dataset_id"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, train_split="nope"), C.NOT_FOUND, "spec.train_split"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, validation_split="nope"), C.NOT_FOUND, "spec.validation_split"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, validation_split="train"), C.INVALID_ARGUMENT, "spec.validation_split"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, objective=7), C.INVALID_ARGUMENT, "spec.objective"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, objective=trainer_pb2.OBJECTIVE_DPO), C.UNIMPLEMENTED, "spec.objective"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"name": "lorax"}), C.INVALID_ARGUMENT, "spec.method.name"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"lora": {"rank": -1}}), C.INVALID_ARGUMENT, "spec.method.lora.rank"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"lora": {"dropout": 1.5}}), C.INVALID_ARGUMENT, "spec.method.lora.dropout"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"lora": {"alpha": -2}}), C.INVALID_ARGUMENT, "spec.method.lora.alpha"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"lora": {"target_modules": [""]}}), C.INVALID_ARGUMENT, "spec.method.lora.target_modules"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"options": {"rank": 4}}), C.INVALID_ARGUMENT, "spec.method.name"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"name": "lora", "options": {"rank": 4}}), C.INVALID_ARGUMENT, "spec.method.options"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"qlora": {}}), C.UNIMPLEMENTED, "spec.method.qlora"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"full": {}}), C.UNIMPLEMENTED, "spec.method.full"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"ia3": {}}), C.UNIMPLEMENTED, "spec.method.ia3"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"prefix_tuning": {"num_virtual_tokens": 8}}), C.UNIMPLEMENTED, "spec.method.prefix_tuning"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"prompt_tuning": {}}), C.UNIMPLEMENTED, "spec.method.prompt_tuning"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, learning_rate=5), C.INVALID_ARGUMENT, "spec.hyperparameters.learning_rate"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, learning_rate=NAN), C.INVALID_ARGUMENT, "spec.hyperparameters.learning_rate"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, learning_rate=-1e-4), C.INVALID_ARGUMENT, "spec.hyperparameters.learning_rate"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, epochs=-1), C.INVALID_ARGUMENT, "spec.hyperparameters.epochs"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, epochs=1000), C.INVALID_ARGUMENT, "spec.hyperparameters.epochs"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, batch_size=100_000), C.INVALID_ARGUMENT, "spec.hyperparameters.batch_size"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, max_seq_length=1_000_000), C.INVALID_ARGUMENT, "spec.hyperparameters.max_seq_length"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, max_seq_length=1), C.INVALID_ARGUMENT, "spec.hyperparameters.max_seq_length"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, gradient_accumulation_steps=-3), C.INVALID_ARGUMENT, "spec.hyperparameters.gradient_accumulation_steps"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, max_steps=-1), C.INVALID_ARGUMENT, "spec.hyperparameters.max_steps"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, warmup_ratio=1.5), C.INVALID_ARGUMENT, "spec.hyperparameters.warmup_ratio"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, warmup_steps=-1), C.INVALID_ARGUMENT, "spec.hyperparameters.warmup_steps"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, weight_decay=-1), C.INVALID_ARGUMENT, "spec.hyperparameters.weight_decay"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, max_grad_norm=-1), C.INVALID_ARGUMENT, "spec.hyperparameters.max_grad_norm"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, seed=-5), C.INVALID_ARGUMENT, "spec.hyperparameters.seed"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, log_every_steps=-1), C.INVALID_ARGUMENT, "spec.hyperparameters.log_every_steps"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, eval_every_steps=-1), C.INVALID_ARGUMENT, "spec.hyperparameters.eval_every_steps"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, early_stopping_patience=-1), C.INVALID_ARGUMENT, "spec.hyperparameters.early_stopping_patience"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, lr_scheduler=9), C.INVALID_ARGUMENT, "spec.hyperparameters.lr_scheduler"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, optimizer=9), C.INVALID_ARGUMENT, "spec.hyperparameters.optimizer"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, dtype=9), C.INVALID_ARGUMENT, "spec.hyperparameters.dtype"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, packing=True), C.UNIMPLEMENTED, "spec.hyperparameters.packing"),
+    ("trainer", "CreateTrainingJob", lambda w: hp(w, checkpoint_every_steps=10), C.UNIMPLEMENTED, "spec.hyperparameters.checkpoint_every_steps"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, executor="slurm"), C.INVALID_ARGUMENT, "spec.executor"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, device="tpu"), C.INVALID_ARGUMENT, "spec.device"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, device="cuda:7"), C.FAILED_PRECONDITION, "spec.device"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, num_processes=-1), C.INVALID_ARGUMENT, "spec.num_processes"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, num_processes=2), C.UNIMPLEMENTED, "spec.num_processes"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, resume_from_checkpoint="artifact://checkpoint/x"), C.UNIMPLEMENTED, "spec.resume_from_checkpoint"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, serve_as="router"), C.UNIMPLEMENTED, "spec.serve_as"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, dpo={"beta": 0.1}), C.UNIMPLEMENTED, "spec.dpo"),
+    ("trainer", "CreateTrainingJob", lambda w: trainer_pb2.CreateTrainingJobRequest(spec=training(w).spec, labels={"Bad Key": "x"}), C.INVALID_ARGUMENT, "labels['Bad Key']"),
+    ("trainer", "CreateTrainingJob", lambda w: trainer_pb2.CreateTrainingJobRequest(spec=training(w).spec, idempotency_key="has space"), C.INVALID_ARGUMENT, "idempotency_key"),
+    # -- TrainerService: other unary RPCs -------------------------------------------------------
+    ("trainer", "GetTrainingJob", lambda w: common_pb2.GetJobRequest(job_id="train-nope"), C.NOT_FOUND, "job_id"),
+    ("trainer", "CancelTrainingJob", lambda w: common_pb2.CancelJobRequest(job_id="../x"), C.NOT_FOUND, "job_id"),
+    ("trainer", "ListTrainingJobs", lambda w: common_pb2.ListJobsRequest(page={"page_size": -1}), C.INVALID_ARGUMENT, "page.page_size"),
+    ("trainer", "ListTrainingJobs", lambda w: common_pb2.ListJobsRequest(page={"page_size": 5000}), C.INVALID_ARGUMENT, "page.page_size"),
+    ("trainer", "ListTrainingJobs", lambda w: common_pb2.ListJobsRequest(page={"page_token": "not-a-token"}), C.INVALID_ARGUMENT, "page.page_token"),
+    ("trainer", "ListTrainingJobs", lambda w: common_pb2.ListJobsRequest(states=[42]), C.INVALID_ARGUMENT, "states[0]"),
+    ("trainer", "CreateMergeJob", lambda w: trainer_pb2.CreateMergeJobRequest(), C.INVALID_ARGUMENT, "spec.adapter.uri"),
+    ("trainer", "CreateMergeJob", lambda w: trainer_pb2.CreateMergeJobRequest(spec={"adapter": {"uri": "artifact://adapter/" + "0" * 64}}), C.NOT_FOUND, "spec.adapter.uri"),
+    ("trainer", "CreateMergeJob", lambda w: trainer_pb2.CreateMergeJobRequest(spec={"adapter": {"uri": "/etc/passwd"}}), C.INVALID_ARGUMENT, "spec.adapter.uri"),
+    ("trainer", "CreateMergeJob", lambda w: trainer_pb2.CreateMergeJobRequest(spec={"adapter": {"uri": "artifact://adapter/x"}, "dtype": 9}), C.INVALID_ARGUMENT, "spec.dtype"),
+    ("trainer", "GetMergeJob", lambda w: common_pb2.GetJobRequest(job_id="merge-nope"), C.NOT_FOUND, "job_id"),
+    ("trainer", "CreateModelImportJob", lambda w: trainer_pb2.CreateModelImportJobRequest(spec={"name": "Bad Name", "path": str(w["csv"])}), C.INVALID_ARGUMENT, "spec.name"),
+    ("trainer", "CreateModelImportJob", lambda w: trainer_pb2.CreateModelImportJobRequest(spec={"name": "ok"}), C.INVALID_ARGUMENT, "spec.path"),
+    ("trainer", "CreateModelImportJob", lambda w: trainer_pb2.CreateModelImportJobRequest(spec={"name": "ok", "path": "/no/such/folder"}), C.NOT_FOUND, "spec.path"),
+    ("trainer", "CreateModelImportJob", lambda w: trainer_pb2.CreateModelImportJobRequest(spec={"name": "ok", "path": str(w["csv"])}), C.NOT_FOUND, "spec.path"),
+    ("trainer", "GetModelImportJob", lambda w: common_pb2.GetJobRequest(job_id="model-nope"), C.NOT_FOUND, "job_id"),
+    ("trainer", "PlanMemory", lambda w: trainer_pb2.PlanMemoryRequest(), C.UNIMPLEMENTED, None),
+    ("trainer", "CreateSweep", lambda w: trainer_pb2.CreateSweepRequest(), C.UNIMPLEMENTED, None),
+    ("trainer", "GetSweep", lambda w: trainer_pb2.GetSweepRequest(sweep_id="s"), C.NOT_FOUND, "sweep_id"),
+    # -- EvaluatorService ------------------------------------------------------------------------
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, dataset_id=""), C.INVALID_ARGUMENT, "spec.dataset_id"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, dataset_id="ds-nope"), C.NOT_FOUND, "spec.dataset_id"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, split="nope"), C.NOT_FOUND, "spec.split"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=[]), C.INVALID_ARGUMENT, "spec.models"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=[{"label": "", "model": "tiny"}]), C.INVALID_ARGUMENT, "spec.models[0].label"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=[{"label": "a", "model": "nope"}]), C.NOT_FOUND, "spec.models[0].model"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=[{"label": "a", "model": "tiny"}, {"label": "a", "model": "tiny"}]), C.INVALID_ARGUMENT, "spec.models[1].label"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=[{"label": "a", "model": "tiny", "adapter": {"uri": "artifact://adapter/x"}}]), C.UNIMPLEMENTED, "spec.models[0].adapter"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, benchmarks=["bleurt"]), C.INVALID_ARGUMENT, "spec.benchmarks[0]"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, backend="onnx"), C.INVALID_ARGUMENT, "spec.backend"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, baseline="other"), C.INVALID_ARGUMENT, "spec.baseline"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, max_rows=-1), C.INVALID_ARGUMENT, "spec.max_rows"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, keep_samples=-1), C.INVALID_ARGUMENT, "spec.keep_samples"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, regression_tolerance=NAN), C.INVALID_ARGUMENT, "spec.regression_tolerance"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, generation={"max_new_tokens": -4}), C.INVALID_ARGUMENT, "spec.generation.max_new_tokens"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, generation={"temperature": -1}), C.INVALID_ARGUMENT, "spec.generation.temperature"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, generation={"top_p": 3}), C.INVALID_ARGUMENT, "spec.generation.top_p"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, generation={"batch_size": 100_000}), C.INVALID_ARGUMENT, "spec.generation.batch_size"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, generation={"stop": [""]}), C.INVALID_ARGUMENT, "spec.generation.stop[0]"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, generation={"seed": -1}), C.INVALID_ARGUMENT, "spec.generation.seed"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, judge={"model": "tiny"}), C.UNIMPLEMENTED, "spec.judge"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, error_analysis=True), C.UNIMPLEMENTED, "spec.error_analysis"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, html_report=True), C.UNIMPLEMENTED, "spec.html_report"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, options={"k": 1}), C.UNIMPLEMENTED, "spec.options"),
+    ("evaluator", "GetEvaluation", lambda w: common_pb2.GetJobRequest(job_id="evalu-nope"), C.NOT_FOUND, "job_id"),
+    ("evaluator", "CancelEvaluation", lambda w: common_pb2.CancelJobRequest(job_id="evalu-nope"), C.NOT_FOUND, "job_id"),
+    ("evaluator", "ListEvaluations", lambda w: common_pb2.ListJobsRequest(page={"page_token": "!!"}), C.INVALID_ARGUMENT, "page.page_token"),
+    # -- InferenceService ------------------------------------------------------------------------
+    ("inference", "Generate", lambda w: gen(max_new_tokens=-1), C.INVALID_ARGUMENT, "sampling.max_new_tokens"),
+    ("inference", "Generate", lambda w: gen(max_new_tokens=100_000), C.INVALID_ARGUMENT, "sampling.max_new_tokens"),
+    ("inference", "Generate", lambda w: gen(temperature=-0.5), C.INVALID_ARGUMENT, "sampling.temperature"),
+    ("inference", "Generate", lambda w: gen(temperature=NAN), C.INVALID_ARGUMENT, "sampling.temperature"),
+    ("inference", "Generate", lambda w: gen(top_p=-1), C.INVALID_ARGUMENT, "sampling.top_p"),
+    ("inference", "Generate", lambda w: gen(top_k=-1), C.INVALID_ARGUMENT, "sampling.top_k"),
+    ("inference", "Generate", lambda w: gen(repetition_penalty=-1), C.INVALID_ARGUMENT, "sampling.repetition_penalty"),
+    ("inference", "Generate", lambda w: gen(stop=["x"] * 17), C.INVALID_ARGUMENT, "sampling.stop"),
+    ("inference", "Generate", lambda w: gen(seed=-1), C.INVALID_ARGUMENT, "sampling.seed"),
+    ("inference", "Generate", lambda w: inference_pb2.GenerateRequest(model="served"), C.INVALID_ARGUMENT, "prompts"),
+    ("inference", "Generate", lambda w: inference_pb2.GenerateRequest(model="served", prompts=[{}]), C.INVALID_ARGUMENT, "prompts[0]"),
+    ("inference", "Generate", lambda w: inference_pb2.GenerateRequest(model="served", prompts=[{"chat": {}}]), C.INVALID_ARGUMENT, "prompts[0].chat.messages"),
+    ("inference", "Generate", lambda w: inference_pb2.GenerateRequest(model="served", prompts=[{"chat": {"messages": [{"content": "hi"}]}}]), C.INVALID_ARGUMENT, "prompts[0].chat.messages[0].role"),
+    ("inference", "Generate", lambda w: inference_pb2.GenerateRequest(model="nope", prompts=[{"text": "hi"}]), C.NOT_FOUND, "model"),
+    ("inference", "Generate", lambda w: inference_pb2.GenerateRequest(model="served", prompts=[{"text": "hi"}], logprobs=True), C.UNIMPLEMENTED, "logprobs"),
+    ("inference", "LoadModel", lambda w: inference_pb2.LoadModelRequest(name="", model="tiny"), C.INVALID_ARGUMENT, "name"),
+    ("inference", "LoadModel", lambda w: inference_pb2.LoadModelRequest(name="x"), C.INVALID_ARGUMENT, "model"),
+    ("inference", "LoadModel", lambda w: inference_pb2.LoadModelRequest(name="x", model="nope"), C.NOT_FOUND, "model"),
+    ("inference", "LoadModel", lambda w: inference_pb2.LoadModelRequest(name="x", model="tiny", dtype=9), C.INVALID_ARGUMENT, "dtype"),
+    ("inference", "LoadModel", lambda w: inference_pb2.LoadModelRequest(name="x", model="tiny", max_model_len=-1), C.INVALID_ARGUMENT, "max_model_len"),
+    ("inference", "LoadModel", lambda w: inference_pb2.LoadModelRequest(name="x", model="tiny", backend="onnx"), C.INVALID_ARGUMENT, "backend"),
+    ("inference", "LoadModel", lambda w: inference_pb2.LoadModelRequest(name="served", model="tiny"), C.ALREADY_EXISTS, "name"),
+    ("inference", "GetServedModel", lambda w: inference_pb2.GetServedModelRequest(name="nope"), C.NOT_FOUND, "name"),
+    ("inference", "UnloadModel", lambda w: inference_pb2.UnloadModelRequest(name="nope"), C.NOT_FOUND, "name"),
+    ("inference", "LoadAdapter", lambda w: inference_pb2.LoadAdapterRequest(name="a", base="served"), C.INVALID_ARGUMENT, "adapter.uri"),
+    ("inference", "LoadAdapter", lambda w: inference_pb2.LoadAdapterRequest(name="", base="served", adapter={"uri": "artifact://adapter/x"}), C.INVALID_ARGUMENT, "name"),
+    ("inference", "LoadAdapter", lambda w: inference_pb2.LoadAdapterRequest(name="a", base="nope", adapter={"uri": "artifact://adapter/x"}), C.NOT_FOUND, "base"),
+    ("inference", "UnloadAdapter", lambda w: inference_pb2.UnloadAdapterRequest(name="served"), C.FAILED_PRECONDITION, "name"),
+    # -- DataService -----------------------------------------------------------------------------
+    ("data", "RegisterDataset", lambda w: data_pb2.RegisterDatasetRequest(spec=_spec()), C.INVALID_ARGUMENT, "source_uri"),
+    ("data", "RegisterDataset", lambda w: data_pb2.RegisterDatasetRequest(source_uri="/no/such.csv", spec=_spec()), C.NOT_FOUND, "source_uri"),
+    ("data", "RegisterDataset", lambda w: data_pb2.RegisterDatasetRequest(source_uri="s3://b/k.csv", spec=_spec()), C.INVALID_ARGUMENT, "source_uri"),
+    ("data", "RegisterDataset", lambda w: register(w, format=9), C.INVALID_ARGUMENT, "spec.format"),
+    ("data", "RegisterDataset", lambda w: register(w, schema=9), C.INVALID_ARGUMENT, "spec.schema"),
+    ("data", "RegisterDataset", lambda w: register(w, template="nope"), C.INVALID_ARGUMENT, "spec.template"),
+    ("data", "RegisterDataset", lambda w: register(w, tokenizer_model="nope"), C.NOT_FOUND, "spec.tokenizer_model"),
+    ("data", "RegisterDataset", lambda w: register(w, max_seq_length=-1), C.INVALID_ARGUMENT, "spec.max_seq_length"),
+    ("data", "RegisterDataset", lambda w: register(w, max_seq_length=10**6), C.INVALID_ARGUMENT, "spec.max_seq_length"),
+    ("data", "RegisterDataset", lambda w: register(w, max_train_rows=-1), C.INVALID_ARGUMENT, "spec.max_train_rows"),
+    ("data", "RegisterDataset", lambda w: register(w, max_validation_rows=-1), C.INVALID_ARGUMENT, "spec.max_validation_rows"),
+    ("data", "RegisterDataset", lambda w: register(w, split={"validation_fraction": 1.5}), C.INVALID_ARGUMENT, "spec.split.validation_fraction"),
+    ("data", "RegisterDataset", lambda w: register(w, split={"validation_rows": -2}), C.INVALID_ARGUMENT, "spec.split.validation_rows"),
+    ("data", "RegisterDataset", lambda w: register(w, nested_subset_sizes=[0]), C.INVALID_ARGUMENT, "spec.nested_subset_sizes[0]"),
+    ("data", "RegisterDataset", lambda w: register(w, label_filter=[""]), C.INVALID_ARGUMENT, "spec.label_filter[0]"),
+    ("data", "GetDataset", lambda w: data_pb2.GetDatasetRequest(dataset_id="ds-nope"), C.NOT_FOUND, "dataset_id"),
+    ("data", "ListDatasets", lambda w: data_pb2.ListDatasetsRequest(page={"page_size": -1}), C.INVALID_ARGUMENT, "page.page_size"),
+    ("data", "PreviewDataset", lambda w: data_pb2.PreviewDatasetRequest(dataset_id=w["dataset"], split="nope"), C.NOT_FOUND, "split"),
+    ("data", "PreviewDataset", lambda w: data_pb2.PreviewDatasetRequest(dataset_id=w["dataset"], offset=-1), C.INVALID_ARGUMENT, "offset"),
+    ("data", "PreviewDataset", lambda w: data_pb2.PreviewDatasetRequest(dataset_id=w["dataset"], limit=10**6), C.INVALID_ARGUMENT, "limit"),
+    ("data", "GetDatasetStatistics", lambda w: data_pb2.GetDatasetStatisticsRequest(dataset_id="nope"), C.NOT_FOUND, "dataset_id"),
+    ("data", "DeleteDataset", lambda w: data_pb2.DeleteDatasetRequest(dataset_id="nope"), C.NOT_FOUND, "dataset_id"),
+    ("data", "RenderTemplate", lambda w: data_pb2.RenderTemplateRequest(), C.INVALID_ARGUMENT, "rows"),
+    ("data", "RenderTemplate", lambda w: data_pb2.RenderTemplateRequest(template="nope", rows=[{"input": "a", "output": "b"}]), C.INVALID_ARGUMENT, "template"),
+    ("data", "RenderTemplate", lambda w: data_pb2.RenderTemplateRequest(schema=9, rows=[{"input": "a"}]), C.INVALID_ARGUMENT, "schema"),
+    ("data", "RenderTemplate", lambda w: data_pb2.RenderTemplateRequest(rows=[{"input": "a", "output": "b"}, {"input": "c"}]), C.INVALID_ARGUMENT, "rows[1].output"),
+    ("data", "RenderTemplate", lambda w: data_pb2.RenderTemplateRequest(rows=[{"input": "a", "output": "b"}], template_options={"nope": "x"}), C.INVALID_ARGUMENT, "template_options.nope"),
+    ("data", "RenderTemplate", lambda w: data_pb2.RenderTemplateRequest(rows=[{"input": "a", "output": "b"}], tokenizer_model="nope"), C.NOT_FOUND, "tokenizer_model"),
+    ("data", "CreateSyntheticDataJob", lambda w: data_pb2.CreateSyntheticDataJobRequest(), C.UNIMPLEMENTED, None),
+    ("data", "GetDataJob", lambda w: common_pb2.GetJobRequest(job_id="j"), C.NOT_FOUND, "job_id"),
+    ("data", "CancelDataJob", lambda w: common_pb2.CancelJobRequest(job_id="j"), C.NOT_FOUND, "job_id"),
+]
+
+
+def _id(case) -> str:
+    service, rpc, _, code, field = case
+    return f"{rpc}-{field or code.name}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{i:03d}-{_id(c)}" for i, c in enumerate(CASES)])
+def test_bad_field_is_refused_with_its_path_and_storage_unchanged(cluster, world, case):
+    service, rpc, make, code, field = case
+    before = _snapshot(cluster.runtime.storage)
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(cluster.stubs[service], rpc)(make(world), timeout=30)
+    assert err.value.code() == code, err.value.details()
+    fields, reason = _violations(err.value)
+    if field is not None:
+        assert field in fields, (fields, err.value.details())
+        assert err.value.details().startswith(f"{field}: "), err.value.details()
+    assert reason, "every error carries an ErrorInfo reason"
+    assert _snapshot(cluster.runtime.storage) == before
+
+
+def test_every_rpc_has_a_case():
+    """New RPCs need rows here (or a note why they take no input worth refusing)."""
+    from tunesmith.api.data.v1 import data_pb2 as d
+    from tunesmith.api.evaluator.v1 import evaluator_pb2 as e
+    from tunesmith.api.inference.v1 import inference_pb2 as i
+    from tunesmith.api.trainer.v1 import trainer_pb2 as t
+
+    covered = {rpc for _, rpc, *_ in CASES}
+    # No input to refuse: GetStatus, ListModels, ListServedModels; streams and UploadDataset are
+    # covered by the tests below.
+    exempt = {"GetStatus", "ListModels", "StreamTrainingJobEvents", "StreamMergeJobEvents", "StreamEvaluationEvents",
+              "StreamDataJobEvents", "UploadDataset", "GenerateStream"}
+    every = {m for mod in (d, e, i, t) for s in mod.DESCRIPTOR.services_by_name.values() for m in s.methods_by_name}
+    assert every - covered - exempt == set()
+
+
+@pytest.mark.parametrize("rpc,service", [("StreamTrainingJobEvents", "trainer"), ("StreamMergeJobEvents", "trainer"),
+                                         ("StreamEvaluationEvents", "evaluator"), ("StreamDataJobEvents", "data")])
+def test_event_streams_of_unknown_jobs_are_not_found(cluster, world, rpc, service):
+    with pytest.raises(grpc.RpcError) as err:
+        list(getattr(cluster.stubs[service], rpc)(common_pb2.JobEventsRequest(job_id="nope"), timeout=30))
+    assert err.value.code() == C.NOT_FOUND
+    assert _violations(err.value)[0] == ["job_id"]
+
+
+@pytest.mark.parametrize("filename,reason", [("a\x00b.csv", "NUL"), ("x" * 252 + ".csv", "over 255 bytes"),
+                                             ("dir/x.csv", "a path"), ("..", "reserved"), ("", "empty")])
+def test_upload_with_a_bad_filename_is_invalid_argument(cluster, world, filename, reason):
+    before = _snapshot(cluster.runtime.storage)
+
+    def messages():
+        yield data_pb2.UploadDatasetRequest(header=data_pb2.UploadHeader(filename=filename, spec=_spec()))
+        yield data_pb2.UploadDatasetRequest(chunk=world["csv"].read_bytes())
+    with pytest.raises(grpc.RpcError) as err:
+        cluster.data.UploadDataset(messages(), timeout=30)
+    assert err.value.code() == C.INVALID_ARGUMENT, (reason, err.value.details())
+    assert _violations(err.value)[0] == ["header.filename"]
+    assert _snapshot(cluster.runtime.storage) == before
+
+
+def test_generate_stream_validates_before_streaming(cluster, world):
+    with pytest.raises(grpc.RpcError) as err:
+        list(cluster.inference.GenerateStream(gen(temperature=-1), timeout=30))
+    assert err.value.code() == C.INVALID_ARGUMENT and _violations(err.value)[0] == ["sampling.temperature"]
+
+
+def test_several_bad_fields_are_reported_together(cluster, world):
+    with pytest.raises(grpc.RpcError) as err:
+        cluster.trainer.CreateTrainingJob(hp(world, learning_rate=5, epochs=-1, batch_size=0, max_seq_length=-3), timeout=30)
+    fields, reason = _violations(err.value)
+    assert reason == "INVALID_ARGUMENT"
+    assert set(fields) == {"spec.hyperparameters.learning_rate", "spec.hyperparameters.epochs",
+                           "spec.hyperparameters.max_seq_length"}
