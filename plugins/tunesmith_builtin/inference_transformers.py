@@ -19,6 +19,11 @@ from tunesmith.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from tunesmith.core.plugins import hookimpl
 
 DEFAULT_MAX_BATCH = 32
+#: Temperatures below this sample greedily (vLLM's rule too, its _SAMPLING_EPS): the limit of
+#: sampling as the temperature goes to 0, and logits / 1e-300 would overflow to inf (NaN probabilities).
+GREEDY_TEMPERATURE = 1e-5
+#: The smallest repetition penalty an engine can apply: logits / penalty overflow float32 below it.
+MIN_REPETITION_PENALTY = 0.01
 _DTYPES = {
     "float32": "float32", "fp32": "float32", "float": "float32",
     "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -49,8 +54,8 @@ def check_sampling(sampling: Sampling) -> None:
         raise InvalidArgument("must be in (0, 1]", field="top_p")
     if sampling.top_k < 0:
         raise InvalidArgument("must be >= 0 (0 = off)", field="top_k")
-    if sampling.repetition_penalty <= 0:
-        raise InvalidArgument("must be > 0 (1 = off)", field="repetition_penalty")
+    if not MIN_REPETITION_PENALTY <= sampling.repetition_penalty < float("inf"):
+        raise InvalidArgument(f"must be a finite number >= {MIN_REPETITION_PENALTY:g} (1 = off)", field="repetition_penalty")
     if any(not isinstance(s, str) or s == "" for s in sampling.stop):
         raise InvalidArgument("stop strings must be non-empty strings", field="stop")
 
@@ -74,10 +79,15 @@ def render_prompt(tokenizer: Any, prompt: PromptInput) -> list[int]:
             raise InvalidArgument(f"message {i} needs string 'role' and 'content'", field="prompt")
     if not getattr(tokenizer, "chat_template", None):
         raise FailedPrecondition("this model's tokenizer has no chat template; send a plain text prompt", field="prompt")
-    text = tokenizer.apply_chat_template(
-        [{"role": m["role"], "content": m["content"]} for m in prompt],
-        tokenize=False, add_generation_prompt=True,
-    )
+    import jinja2  # what transformers renders chat templates with
+
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": m["role"], "content": m["content"]} for m in prompt],
+            tokenize=False, add_generation_prompt=True,
+        )
+    except jinja2.TemplateError as exc:  # e.g. raise_exception("roles must alternate ...")
+        raise InvalidArgument(f"the model's chat template refused this conversation: {exc}", field="prompt") from None
     return encode_prompt(tokenizer, text)
 
 
@@ -301,7 +311,7 @@ class TransformersModel:
             "pad_token_id": self.pad_id,
             "repetition_penalty": sampling.repetition_penalty,
         }
-        if sampling.temperature > 0:
+        if sampling.temperature >= GREEDY_TEMPERATURE:
             kw.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
         else:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -310,7 +320,7 @@ class TransformersModel:
         return kw
 
     def _seed(self, sampling: Sampling) -> None:
-        if sampling.temperature > 0 and sampling.seed:
+        if sampling.temperature >= GREEDY_TEMPERATURE and sampling.seed:
             import torch
 
             torch.manual_seed(sampling.seed)

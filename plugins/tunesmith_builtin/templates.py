@@ -169,7 +169,12 @@ class ChatTemplate(_Base):
             user = f"{instruction}\n\n{text}" if instruction and text else (instruction or text)
             history = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
             completion = _output(fields)
-        prompt = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+        import jinja2  # what transformers renders chat templates with
+
+        try:
+            prompt = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+        except jinja2.TemplateError as exc:  # e.g. raise_exception("roles must alternate ...")
+            raise ValueError(f"the model's chat template refused this conversation: {exc}") from None
         if not isinstance(prompt, str):  # some versions return a list for batched input
             prompt = prompt[0]
         return RenderedExample(prompt=prompt, completion=completion)

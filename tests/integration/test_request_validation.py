@@ -170,6 +170,8 @@ CASES = [
     ("trainer", "CreateMergeJob", lambda w: trainer_pb2.CreateMergeJobRequest(spec={"adapter": {"uri": "/etc/passwd"}}), C.INVALID_ARGUMENT, "spec.adapter.uri"),
     ("trainer", "CreateMergeJob", lambda w: trainer_pb2.CreateMergeJobRequest(spec={"adapter": {"uri": "artifact://adapter/x"}, "dtype": 9}), C.INVALID_ARGUMENT, "spec.dtype"),
     ("trainer", "GetMergeJob", lambda w: common_pb2.GetJobRequest(job_id="merge-nope"), C.NOT_FOUND, "job_id"),
+    ("trainer", "CancelMergeJob", lambda w: common_pb2.CancelJobRequest(job_id="merge-nope"), C.NOT_FOUND, "job_id"),
+    ("trainer", "CancelModelImportJob", lambda w: common_pb2.CancelJobRequest(job_id="model-nope"), C.NOT_FOUND, "job_id"),
     ("trainer", "CreateModelImportJob", lambda w: trainer_pb2.CreateModelImportJobRequest(spec={"name": "Bad Name", "path": str(w["csv"])}), C.INVALID_ARGUMENT, "spec.name"),
     ("trainer", "CreateModelImportJob", lambda w: trainer_pb2.CreateModelImportJobRequest(spec={"name": "ok"}), C.INVALID_ARGUMENT, "spec.path"),
     ("trainer", "CreateModelImportJob", lambda w: trainer_pb2.CreateModelImportJobRequest(spec={"name": "ok", "path": "/no/such/folder"}), C.NOT_FOUND, "spec.path"),
@@ -301,12 +303,13 @@ def test_every_rpc_has_a_case():
     # No input to refuse: GetStatus, ListModels, ListServedModels; streams and UploadDataset are
     # covered by the tests below.
     exempt = {"GetStatus", "ListModels", "StreamTrainingJobEvents", "StreamMergeJobEvents", "StreamEvaluationEvents",
-              "StreamDataJobEvents", "UploadDataset", "GenerateStream"}
+              "StreamDataJobEvents", "StreamModelImportJobEvents", "UploadDataset", "GenerateStream"}
     every = {m for mod in (d, e, i, t) for s in mod.DESCRIPTOR.services_by_name.values() for m in s.methods_by_name}
     assert every - covered - exempt == set()
 
 
 @pytest.mark.parametrize("rpc,service", [("StreamTrainingJobEvents", "trainer"), ("StreamMergeJobEvents", "trainer"),
+                                         ("StreamModelImportJobEvents", "trainer"),
                                          ("StreamEvaluationEvents", "evaluator"), ("StreamDataJobEvents", "data")])
 def test_event_streams_of_unknown_jobs_are_not_found(cluster, world, rpc, service):
     with pytest.raises(grpc.RpcError) as err:

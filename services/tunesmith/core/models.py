@@ -150,9 +150,15 @@ def _architecture(config: dict[str, Any]) -> str:
     return str(config.get("model_type") or "unknown")
 
 
+_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+
 def _safetensors_params(path: Path) -> int:
+    """Parameters listed in a safetensors header; ValueError for a file that is not one."""
     with open(path, "rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
+        if not 2 <= length <= min(_MAX_SAFETENSORS_HEADER, path.stat().st_size - 8):
+            raise ValueError(f"{path.name} is not a safetensors file (header length {length})")
         header = json.loads(f.read(length))
     total = 0
     for key, info in header.items():

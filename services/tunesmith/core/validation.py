@@ -6,10 +6,13 @@ InvalidArgument.
 """
 from __future__ import annotations
 
+import errno
 import math
+import os
 import re
+from pathlib import Path
 
-from tunesmith.core.errors import Violations
+from tunesmith.core.errors import InvalidArgument, Violations
 
 MAX_LABELS = 64
 MAX_IDEMPOTENCY_KEY = 128
@@ -86,3 +89,40 @@ def check_struct(v: Violations, struct, field: str) -> None:
             check_struct(v, struct.struct_value, field)
         elif which == "list_value":
             check_struct(v, struct.list_value, field)
+
+
+def start_create_checks(request):
+    """The checks every Create*Request shares: refuse fields not built yet, then check labels and
+    the idempotency key. Returns (a copy of request.spec to fill defaults into, the Violations
+    collector for the caller's own checks)."""
+    from tunesmith.core.unimplemented import refuse_unimplemented
+
+    refuse_unimplemented(request)
+    spec = type(request.spec)()
+    spec.CopyFrom(request.spec)
+    v = Violations()
+    check_labels(v, request.labels)
+    check_idempotency_key(v, request.idempotency_key)
+    return spec, v
+
+
+def check_local_path(value: str, field: str) -> Path:
+    """A caller's path on this machine ("~" expanded), usable for is_file()/is_dir() checks; it
+    need not exist. InvalidArgument naming `field` when it cannot be one here: a "~user" whose home
+    is unknown, a name longer than the OS allows, a path that cannot be looked at (permissions).
+    (Callers check emptiness, NUL and overall length with the rest of their request.)"""
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # "~someone" with no such user or no home
+        raise InvalidArgument(f"cannot expand {value.split('/', 1)[0][:64]!r}: no such user's home directory here",
+                              field=field) from None
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # missing: the caller says so, in its own words
+    except OSError as exc:
+        why = "a name in it is too long" if exc.errno == errno.ENAMETOOLONG else (exc.strerror or type(exc).__name__)
+        raise InvalidArgument(f"cannot use this path: {why}", field=field) from None
+    except ValueError as exc:  # e.g. an embedded NUL
+        raise InvalidArgument(f"cannot use this path: {exc}", field=field) from None
+    return path

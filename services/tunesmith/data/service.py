@@ -21,7 +21,7 @@ from tunesmith.api.common.v1 import common_pb2
 from tunesmith.api.data.v1 import data_pb2, data_pb2_grpc
 from tunesmith.core.checks import check_model
 from tunesmith.core.errors import InvalidArgument, NotFound, TunesmithError, Unimplemented, Violations
-from tunesmith.core.validation import check_enum, check_int, check_struct
+from tunesmith.core.validation import check_enum, check_int, check_local_path, check_struct
 from tunesmith.core.records import RecordStore, artifact_ref, paginate
 from tunesmith.core.runtime import Runtime
 from tunesmith.core.server import report_message
@@ -156,7 +156,7 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             raise InvalidArgument("must be a path or file:// URI of at most 4096 characters, without NUL",
                                   field="source_uri")
         accept_dataset_spec(request.spec, self.rt, "spec")
-        path = Path(unquote(parsed.path) if parsed.scheme == "file" else uri).expanduser()
+        path = check_local_path(unquote(parsed.path) if parsed.scheme == "file" else uri, "source_uri")
         if not path.is_file():
             raise NotFound(f"no file at {uri!r}", field="source_uri")
         return self._register(path, path.name, request.spec)
@@ -256,8 +256,9 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
                 raise InvalidArgument(f"template {name!r} needs field {key!r}", field=f"rows[{i}].{key}") from None
             except TunesmithError as exc:
                 raise exc.prefixed(f"rows[{i}]") from None
-            except (TypeError, ValueError) as exc:
-                raise InvalidArgument(f"template {name!r} cannot render it: {exc}", field=f"rows[{i}]") from None
+            except Exception as exc:  # noqa: BLE001 - as in dataset preparation: the row is refused, not a bug of ours
+                raise InvalidArgument(f"template {name!r} cannot render it: {type(exc).__name__}: {exc}",
+                                      field=f"rows[{i}]") from None
             out.examples.add(source_row=i + 1, prompt=rendered.prompt, completion=rendered.completion)
         return out
 

@@ -13,9 +13,7 @@ import re
 from tunesmith.api.evaluator.v1 import evaluator_pb2
 from tunesmith.core.checks import check_model, check_split
 from tunesmith.core.errors import FailedPrecondition, Violations
-from tunesmith.core.unimplemented import refuse_unimplemented
-from tunesmith.core.validation import (check_float, check_idempotency_key, check_int, check_labels,
-                                       check_strings)
+from tunesmith.core.validation import check_float, check_int, check_strings, start_create_checks
 
 DEFAULT_BACKEND = "transformers"
 DEFAULT_SPLIT = "validation"
@@ -35,12 +33,7 @@ def check_generation(v: Violations, g: evaluator_pb2.GenerationConfig, prefix: s
 
 def accept_evaluation_request(request: evaluator_pb2.CreateEvaluationRequest, runtime) -> evaluator_pb2.EvaluationSpec:
     """See the module docstring."""
-    refuse_unimplemented(request)
-    spec = evaluator_pb2.EvaluationSpec()
-    spec.CopyFrom(request.spec)
-    v = Violations()
-    check_labels(v, request.labels)
-    check_idempotency_key(v, request.idempotency_key)
+    spec, v = start_create_checks(request)
     v.check(bool(spec.dataset_id), "spec.dataset_id", "is required: the id of a registered dataset")
     check_int(v, spec.max_rows, "spec.max_rows", 0, 10_000_000)
     check_int(v, spec.keep_samples, "spec.keep_samples", 0, 10_000)

@@ -28,6 +28,7 @@ PREFERENCE = ("vllm", "transformers")
 
 
 MAX_PROMPTS = 256
+MIN_REPETITION_PENALTY = 0.01
 MAX_PROMPT_CHARS = 1_000_000
 _ROLES = {inference_pb2.CHAT_ROLE_SYSTEM: "system", inference_pb2.CHAT_ROLE_USER: "user",
           inference_pb2.CHAT_ROLE_ASSISTANT: "assistant", inference_pb2.CHAT_ROLE_TOOL: "tool"}
@@ -50,7 +51,8 @@ def sampling_from(p: inference_pb2.SamplingParams, prefix: str = "sampling") -> 
     check_int(v, p.top_k, f"{prefix}.top_k", 0, 1_000_000)
     check_strings(v, p.stop, f"{prefix}.stop", max_items=16)
     check_int(v, p.seed, f"{prefix}.seed", 0, 2**63 - 1)
-    check_float(v, p.repetition_penalty, f"{prefix}.repetition_penalty", 0.0, 2.0, lo_open=True, zero_means="1.0")
+    # At least MIN_REPETITION_PENALTY: smaller ones overflow the logits in every engine (NaN probabilities).
+    check_float(v, p.repetition_penalty, f"{prefix}.repetition_penalty", MIN_REPETITION_PENALTY, 2.0, zero_means="1.0")
     v.raise_if_any()
     return Sampling(max_new_tokens=p.max_new_tokens or 128, temperature=p.temperature, top_p=p.top_p or 1.0,
                     top_k=p.top_k, stop=list(p.stop), seed=p.seed, repetition_penalty=p.repetition_penalty or 1.0)

@@ -109,7 +109,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if code != 0:
             if storage.exists(job_key(job_id, ERROR_FILE)):
                 err = WorkerError.read(storage, job_id)
-                raise JobFailed(err.code, err.message)
+                raise JobFailed(err.code, err.message, err.field)
             tail = log_path.read_text(errors="replace")[-600:] if log_path.is_file() else ""
             raise JobFailed("worker_crashed", f"the training process exited with code {code} "
                                               f"(killed by the OS if negative or 137: out of memory?); log tail: {tail}")
@@ -201,6 +201,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def GetMergeJob(self, request, context):
         return self.merges.get(request.job_id)
 
+    def CancelMergeJob(self, request, context):
+        return self.merges.cancel(request.job_id)
+
     def StreamMergeJobEvents(self, request, context):
         yield from self.merges.events(request.job_id, request.from_sequence, request.follow, alive=context.is_active)
 
@@ -222,6 +225,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     def GetModelImportJob(self, request, context):
         return self.imports.get(request.job_id)
+
+    def CancelModelImportJob(self, request, context):
+        return self.imports.cancel(request.job_id)
+
+    def StreamModelImportJobEvents(self, request, context):
+        yield from self.imports.events(request.job_id, request.from_sequence, request.follow, alive=context.is_active)
 
     def _execute_import(self, record: trainer_pb2.ModelImportJob, control: JobControl) -> None:
         control.progress(phase="import")

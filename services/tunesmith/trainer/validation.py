@@ -16,9 +16,8 @@ from google.protobuf import json_format
 from tunesmith.api.trainer.v1 import trainer_pb2
 from tunesmith.core.checks import check_model, check_split
 from tunesmith.core.devices import check_device
-from tunesmith.core.errors import FailedPrecondition, InvalidArgument, TunesmithError, Unimplemented, Violations
-from tunesmith.core.unimplemented import refuse_unimplemented
-from tunesmith.core.validation import check_enum, check_idempotency_key, check_labels, check_struct
+from tunesmith.core.errors import FailedPrecondition, InvalidArgument, TunesmithError, Unimplemented
+from tunesmith.core.validation import check_enum, check_local_path, check_struct, start_create_checks
 from tunesmith.trainer import hyperparameters
 
 #: Built-in typed method configs (the MethodSpec `config` oneof) -> the method name they configure.
@@ -87,13 +86,7 @@ def _check_method(spec: trainer_pb2.TrainingJobSpec, registry) -> dict[str, Any]
 
 def accept_training_request(request: trainer_pb2.CreateTrainingJobRequest, runtime) -> AcceptedTraining:
     """See the module docstring."""
-    refuse_unimplemented(request)
-    spec = trainer_pb2.TrainingJobSpec()
-    spec.CopyFrom(request.spec)
-
-    v = Violations()
-    check_labels(v, request.labels)
-    check_idempotency_key(v, request.idempotency_key)
+    spec, v = start_create_checks(request)
     check_enum(v, trainer_pb2.Objective, spec.objective, "spec.objective")
     v.check(bool(spec.base_model), "spec.base_model",
             "is required: a model-store name (e.g. smollm2-135m-instruct) or a model artifact URI")
@@ -134,11 +127,7 @@ def accept_merge_request(request: trainer_pb2.CreateMergeJobRequest, runtime) ->
     (when named) exists, the dtype is known."""
     from tunesmith.api.common.v1 import common_pb2
 
-    spec = trainer_pb2.MergeSpec()
-    spec.CopyFrom(request.spec)
-    v = Violations()
-    check_labels(v, request.labels)
-    check_idempotency_key(v, request.idempotency_key)
+    spec, v = start_create_checks(request)
     check_enum(v, common_pb2.Dtype, spec.dtype, "spec.dtype")
     v.check(bool(spec.adapter.uri), "spec.adapter.uri", "is required: the adapter artifact (artifact://adapter/...)")
     v.raise_if_any()
@@ -159,14 +148,9 @@ def accept_merge_request(request: trainer_pb2.CreateMergeJobRequest, runtime) ->
 
 def accept_model_import_request(request: trainer_pb2.CreateModelImportJobRequest, runtime) -> trainer_pb2.ModelImportSpec:
     """CreateModelImportJob's checks: a valid, unused name and an existing folder or .gguf file."""
-    from pathlib import Path
-
     from tunesmith.core.models import validate_name
 
-    spec = request.spec
-    v = Violations()
-    check_labels(v, request.labels)
-    check_idempotency_key(v, request.idempotency_key)
+    spec, v = start_create_checks(request)
     v.check(bool(spec.path) and "\x00" not in spec.path and len(spec.path) <= 4096, "spec.path",
             "is required: a Hugging Face model folder or a .gguf file on the trainer's machine")
     v.raise_if_any()
@@ -174,7 +158,7 @@ def accept_model_import_request(request: trainer_pb2.CreateModelImportJobRequest
         validate_name(spec.name)
     except TunesmithError as exc:
         raise exc.prefixed("spec") from None
-    path = Path(spec.path).expanduser()
+    path = check_local_path(spec.path, "spec.path")
     if not (path.is_dir() and (path / "config.json").is_file()) and not (path.is_file() and path.suffix == ".gguf"):
         from tunesmith.core.errors import NotFound
 
@@ -184,6 +168,4 @@ def accept_model_import_request(request: trainer_pb2.CreateModelImportJobRequest
         from tunesmith.core.errors import AlreadyExists
 
         raise AlreadyExists(f"a model named {spec.name!r} is already stored", field="spec.name")
-    out = trainer_pb2.ModelImportSpec()
-    out.CopyFrom(spec)
-    return out
+    return spec

@@ -39,8 +39,8 @@ def run(storage_root: str, job_id: str) -> int:
     def emit(event: dict) -> None:
         WorkerEvent.from_emitted(event).append(storage, job_id)
 
-    def fail(code: str, message: str) -> int:
-        WorkerError(code, message).write(storage, job_id)
+    def fail(code: str, message: str, field: str = "") -> int:
+        WorkerError(code, message, field=field).write(storage, job_id)
         return 1
 
     try:
@@ -52,7 +52,10 @@ def run(storage_root: str, job_id: str) -> int:
             return fail("out_of_memory", f"training ran out of memory: {exc}")
         traceback.print_exc()
         code = getattr(exc, "code", "training_error")
-        return fail(code if isinstance(code, str) else "training_error", f"{type(exc).__name__}: {exc}")
+        field = getattr(exc, "field", "") or ""
+        if field and not field.startswith("spec."):  # the worker's inputs all come from the job's spec
+            field = f"spec.{field}"
+        return fail(code if isinstance(code, str) else "training_error", f"{type(exc).__name__}: {exc}", field)
 
 
 def _train(storage, spec, job_id: str, emit, should_stop) -> int:

@@ -118,6 +118,10 @@ class TrainerClient(BaseClient):
         return self._stub.GetMergeJob(common_pb2.GetJobRequest(job_id=job_id), timeout=self._deadline(timeout))
 
     @translate_errors
+    def cancel_merge_job(self, job_id: str, *, timeout: float | None = None) -> trainer_pb2.MergeJob:
+        return self._stub.CancelMergeJob(common_pb2.CancelJobRequest(job_id=job_id), timeout=self._deadline(timeout))
+
+    @translate_errors
     def merge_events(
         self, job_id: str, *, from_sequence: int = 0, follow: bool = True, timeout: float | None = None
     ) -> Iterator[common_pb2.JobEvent]:
@@ -189,6 +193,18 @@ class TrainerClient(BaseClient):
     @translate_errors
     def get_model_import_job(self, job_id: str, *, timeout: float | None = None) -> trainer_pb2.ModelImportJob:
         return self._stub.GetModelImportJob(common_pb2.GetJobRequest(job_id=job_id), timeout=self._deadline(timeout))
+
+    @translate_errors
+    def cancel_model_import_job(self, job_id: str, *, timeout: float | None = None) -> trainer_pb2.ModelImportJob:
+        return self._stub.CancelModelImportJob(common_pb2.CancelJobRequest(job_id=job_id),
+                                               timeout=self._deadline(timeout))
+
+    @translate_errors
+    def model_import_events(
+        self, job_id: str, *, from_sequence: int = 0, follow: bool = True, timeout: float | None = None
+    ) -> Iterator[common_pb2.JobEvent]:
+        """A model import job's events, as events() gives a training job's."""
+        yield from self._follow(self._stub.StreamModelImportJobEvents, job_id, from_sequence, follow, timeout)
 
     def register_model(self, name: str, path: str, *, timeout: float | None = LONG_TIMEOUT) -> trainer_pb2.Model:
         """Import and wait: the stored model. A failed import raises FailedPreconditionError."""

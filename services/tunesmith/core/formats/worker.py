@@ -157,21 +157,24 @@ class WorkerResult:
 
 @dataclass(frozen=True)
 class WorkerError:
-    """A failed training: a short code (e.g. out_of_memory) and a message for the job's error."""
+    """A failed training: a short code (e.g. out_of_memory), a message for the job's error and,
+    where one input is at fault, its proto field path (e.g. spec.hyperparameters.max_seq_length)."""
 
     code: str
     message: str
     version: str = VERSION
+    field: str = ""
 
     FORMAT = "tunesmith.worker-error"
 
     def to_dict(self) -> dict[str, Any]:
-        return {**stamp(self.FORMAT, self.version), "code": self.code, "message": self.message}
+        return {**stamp(self.FORMAT, self.version), "code": self.code, "message": self.message, "field": self.field}
 
     @classmethod
     def from_dict(cls, d: Any, where: str = ERROR_FILE) -> "WorkerError":
         check(d, fmt=cls.FORMAT, version=VERSION, where=where)
-        return cls(str(d.get("code") or "training_error"), str(d.get("message") or ""), str(d["version"]))
+        return cls(str(d.get("code") or "training_error"), str(d.get("message") or ""), str(d["version"]),
+                   str(d.get("field") or ""))
 
     def write(self, storage, job_id: str) -> None:
         storage.write_json(job_key(job_id, ERROR_FILE), self.to_dict())

@@ -75,6 +75,11 @@ class TrainerServiceStub:
                 request_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.MergeJob.FromString,
                 _registered_method=True)
+        self.CancelMergeJob = channel.unary_unary(
+                '/tunesmith.api.trainer.v1.TrainerService/CancelMergeJob',
+                request_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.MergeJob.FromString,
+                _registered_method=True)
         self.StreamMergeJobEvents = channel.unary_stream(
                 '/tunesmith.api.trainer.v1.TrainerService/StreamMergeJobEvents',
                 request_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEventsRequest.SerializeToString,
@@ -109,6 +114,16 @@ class TrainerServiceStub:
                 '/tunesmith.api.trainer.v1.TrainerService/GetModelImportJob',
                 request_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ModelImportJob.FromString,
+                _registered_method=True)
+        self.CancelModelImportJob = channel.unary_unary(
+                '/tunesmith.api.trainer.v1.TrainerService/CancelModelImportJob',
+                request_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ModelImportJob.FromString,
+                _registered_method=True)
+        self.StreamModelImportJobEvents = channel.unary_stream(
+                '/tunesmith.api.trainer.v1.TrainerService/StreamModelImportJobEvents',
+                request_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEventsRequest.SerializeToString,
+                response_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEvent.FromString,
                 _registered_method=True)
 
 
@@ -170,6 +185,13 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelMergeJob(self, request, context):
+        """A merge stops at its next checkpoint (before it starts, or before its result is recorded).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StreamMergeJobEvents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -219,6 +241,19 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelModelImportJob(self, request, context):
+        """An import stops at its next checkpoint (before it starts, or before its result is recorded).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamModelImportJobEvents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -262,6 +297,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     request_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.GetJobRequest.FromString,
                     response_serializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.MergeJob.SerializeToString,
             ),
+            'CancelMergeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelMergeJob,
+                    request_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.CancelJobRequest.FromString,
+                    response_serializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.MergeJob.SerializeToString,
+            ),
             'StreamMergeJobEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamMergeJobEvents,
                     request_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEventsRequest.FromString,
@@ -296,6 +336,16 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.GetModelImportJob,
                     request_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.GetJobRequest.FromString,
                     response_serializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ModelImportJob.SerializeToString,
+            ),
+            'CancelModelImportJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelModelImportJob,
+                    request_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.CancelJobRequest.FromString,
+                    response_serializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ModelImportJob.SerializeToString,
+            ),
+            'StreamModelImportJobEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamModelImportJobEvents,
+                    request_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEventsRequest.FromString,
+                    response_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -525,6 +575,33 @@ class TrainerService:
             _registered_method=True)
 
     @staticmethod
+    def CancelMergeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunesmith.api.trainer.v1.TrainerService/CancelMergeJob',
+            tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.CancelJobRequest.SerializeToString,
+            tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.MergeJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def StreamMergeJobEvents(request,
             target,
             options=(),
@@ -703,6 +780,60 @@ class TrainerService:
             '/tunesmith.api.trainer.v1.TrainerService/GetModelImportJob',
             tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.GetJobRequest.SerializeToString,
             tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ModelImportJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelModelImportJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunesmith.api.trainer.v1.TrainerService/CancelModelImportJob',
+            tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.CancelJobRequest.SerializeToString,
+            tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ModelImportJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamModelImportJobEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tunesmith.api.trainer.v1.TrainerService/StreamModelImportJobEvents',
+            tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEventsRequest.SerializeToString,
+            tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEvent.FromString,
             options,
             channel_credentials,
             insecure,
