@@ -84,3 +84,21 @@ def test_a_model_that_cannot_load_ends_failed_with_the_reason(cluster, ts, tiny_
         ts.inference.generate("broken", ["hi"])
     ts.inference.unload_model("broken")  # and its name can be reused
     assert "broken" not in {m.name for m in ts.inference.list_models()}
+
+
+def test_a_refused_upload_brings_its_per_row_report_to_the_sdk(cluster, ts, tmp_path):
+    from tunesmith.client import InvalidArgumentError
+
+    rows = banking_rows(["card_arrival", "age_limit"], 5)
+    rows[6]["category"] = ""  # data row 7
+    rows[8]["text"] = ""      # data row 9
+    path = write_csv(tmp_path / "broken.csv", rows)
+    spec = data_pb2.DatasetSpec(schema=data_pb2.SCHEMA_CLASSIFICATION,
+                                column_mapping={"input": "text", "output": "category"})
+    with pytest.raises(InvalidArgumentError) as err:
+        ts.data.upload_dataset(str(path), spec)
+    assert err.value.reason == "INVALID_DATASET"
+    report = err.value.report
+    assert report is not None and report.source == "broken.csv" and report.rows_rejected == 2
+    assert [(i.row, i.field) for i in report.issues] == [(7, "category"), (9, "text")]
+    assert sum(report.counts_by_code.values()) == 2
