@@ -33,6 +33,21 @@ def job_key(job_id: str, name: str) -> str:
     return f"jobs/{validate_key(job_id)}/{name}"
 
 
+class _JobFile:
+    """One JSON file of a job's folder (FILE): write() and read() through storage, so a
+    subclass defines only its to_dict/from_dict."""
+
+    FILE = ""
+
+    def write(self, storage, job_id: str) -> None:
+        storage.write_json(job_key(job_id, self.FILE), self.to_dict())
+
+    @classmethod
+    def read(cls, storage, job_id: str):
+        key = job_key(job_id, cls.FILE)
+        return cls.from_dict(read_key(storage, key, "job"), key)
+
+
 def _artifact_uri_of(uri: str, kind: str, name: str) -> str:
     try:
         found, _ = parse_artifact_uri(uri)
@@ -44,7 +59,7 @@ def _artifact_uri_of(uri: str, kind: str, name: str) -> str:
 
 
 @dataclass(frozen=True)
-class WorkerInput:
+class WorkerInput(_JobFile):
     """What to train. base_model / dataset: artifact URIs; base_model_name: the store name."""
 
     base_model: str
@@ -82,17 +97,11 @@ class WorkerInput:
         except InvalidArgument as exc:
             raise FormatError(f"{where}: {exc}") from None
 
-    def write(self, storage, job_id: str) -> None:
-        storage.write_json(job_key(job_id, INPUT_FILE), self.to_dict())
-
-    @classmethod
-    def read(cls, storage, job_id: str) -> "WorkerInput":
-        key = job_key(job_id, INPUT_FILE)
-        return cls.from_dict(read_key(storage, key, "job"), key)
+    FILE = INPUT_FILE
 
 
 @dataclass(frozen=True)
-class WorkerResult:
+class WorkerResult(_JobFile):
     """A finished training: the stored adapter (and merged model) and the training figures."""
 
     adapter: Artifact
@@ -146,17 +155,11 @@ class WorkerResult:
                    merged_model=artifact_from(merged, f"{where}: merged_model") if merged else None,
                    version=str(d["version"]), **figures)
 
-    def write(self, storage, job_id: str) -> None:
-        storage.write_json(job_key(job_id, RESULT_FILE), self.to_dict())
-
-    @classmethod
-    def read(cls, storage, job_id: str) -> "WorkerResult":
-        key = job_key(job_id, RESULT_FILE)
-        return cls.from_dict(read_key(storage, key, "job"), key)
+    FILE = RESULT_FILE
 
 
 @dataclass(frozen=True)
-class WorkerError:
+class WorkerError(_JobFile):
     """A failed training: a short code (e.g. out_of_memory), a message for the job's error and,
     where one input is at fault, its proto field path (e.g. spec.hyperparameters.max_seq_length)."""
 
@@ -176,13 +179,7 @@ class WorkerError:
         return cls(str(d.get("code") or "training_error"), str(d.get("message") or ""), str(d["version"]),
                    str(d.get("field") or ""))
 
-    def write(self, storage, job_id: str) -> None:
-        storage.write_json(job_key(job_id, ERROR_FILE), self.to_dict())
-
-    @classmethod
-    def read(cls, storage, job_id: str) -> "WorkerError":
-        key = job_key(job_id, ERROR_FILE)
-        return cls.from_dict(read_key(storage, key, "job"), key)
+    FILE = ERROR_FILE
 
 
 @dataclass(frozen=True)
