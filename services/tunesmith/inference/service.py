@@ -90,6 +90,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self.default_backend = default_backend
         self.served: dict[str, tuple[inference_pb2.ServedModel, object]] = {}
         self.lock = threading.Lock()
+        # Loads run on background threads (LoadModel returns at once) and one at a time:
+        # concurrent from_pretrained calls share transformers' global init state and break.
+        self.load_lock = threading.Lock()
 
     def choose_backend(self, requested: str) -> tuple[object, str]:
         """The backend to use and why, or FailedPrecondition naming what is missing."""
@@ -164,8 +167,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         try:
             entry = self.rt.models.get(request.model)
             path = self.rt.storage.resolve(entry.artifact.uri)
-            loaded = backend.load(str(path), dtype=dtype_name(request.dtype, ""), max_model_len=request.max_model_len,
-                                  enable_adapters=request.enable_adapters)
+            with self.load_lock:  # one load at a time: transformers' from_pretrained is not thread-safe
+                loaded = backend.load(str(path), dtype=dtype_name(request.dtype, ""),
+                                      max_model_len=request.max_model_len, enable_adapters=request.enable_adapters)
         except Exception as exc:  # noqa: BLE001 - a failed load fails the served model, not the service
             known = isinstance(exc, TunesmithError)
             if not known:
@@ -229,7 +233,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         except (InvalidArgument, NotFound) as exc:
             raise type(exc)(exc.message, field="adapter.uri") from None
         try:
-            loaded.load_adapter(request.name, str(adapter_dir))
+            with self.load_lock:
+                loaded.load_adapter(request.name, str(adapter_dir))
         except (InvalidArgument, NotFound) as exc:  # the backend names its own argument (adapter_dir)
             raise type(exc)(exc.message, field="adapter.uri", code=exc.code) from None
         served = inference_pb2.ServedModel(name=request.name, kind="adapter", base=request.base,
