@@ -33,7 +33,6 @@ log = logging.getLogger("tunesmith.data")
 MAX_UPLOAD_BYTES = 2 * 1024 ** 3
 MAX_RENDER_ROWS = 1000
 MAX_PREVIEW_ROWS = 1000
-TOKENIZER_TEMPLATES = {"chat"}
 
 
 def prepare_spec(spec: data_pb2.DatasetSpec):
@@ -101,17 +100,16 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
                 self._tokenizers[model] = AutoTokenizer.from_pretrained(self.rt.models.local_path(model))
             return self._tokenizers[model]
 
-    def _register(self, source: Path, filename: str, spec: data_pb2.DatasetSpec) -> data_pb2.RegisterDatasetResponse:
+    def _register(self, source: Path, filename: str, spec: data_pb2.DatasetSpec,
+                  pspec) -> data_pb2.RegisterDatasetResponse:
+        """Read, prepare and store `source`; `pspec` is accept_dataset_spec's checked PrepareSpec."""
         from tunesmith.core.formats.dataset import store_prepared
         from tunesmith.data.prepare import prepare
         from tunesmith.data.readers import read_rows
 
-        pspec = prepare_spec(spec)
         templates = self.rt.registry.all("templates")
-        if pspec.resolved_template not in templates:
-            self.rt.registry.get("templates", pspec.resolved_template)  # NotFound listing the known ones
         tokenizer_model = spec.tokenizer_model
-        if not tokenizer_model and (pspec.resolved_template in TOKENIZER_TEMPLATES or spec.max_seq_length):
+        if not tokenizer_model and (templates[pspec.resolved_template].needs_tokenizer or spec.max_seq_length):
             from tunesmith.core.models import BUNDLED_NAME
 
             tokenizer_model = BUNDLED_NAME
@@ -155,11 +153,11 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         if "\x00" in uri or len(uri) > 4096:
             raise InvalidArgument("must be a path or file:// URI of at most 4096 characters, without NUL",
                                   field="source_uri")
-        accept_dataset_spec(request.spec, self.rt, "spec")
+        pspec = accept_dataset_spec(request.spec, self.rt, "spec")
         path = check_local_path(unquote(parsed.path) if parsed.scheme == "file" else uri, "source_uri")
         if not path.is_file():
             raise NotFound(f"no file at {uri!r}", field="source_uri")
-        return self._register(path, path.name, request.spec)
+        return self._register(path, path.name, request.spec, pspec)
 
     def UploadDataset(self, request_iterator: Iterator[data_pb2.UploadDatasetRequest], context):
         first = next(request_iterator, None)
@@ -171,7 +169,7 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             raise InvalidArgument("must be 64 hex digits (the sha256 of the whole file)", field="header.sha256")
         if not 0 <= header.size_bytes <= MAX_UPLOAD_BYTES:
             raise InvalidArgument(f"must be in [0, {MAX_UPLOAD_BYTES}] (0 = not announced)", field="header.size_bytes")
-        accept_dataset_spec(header.spec, self.rt, "header.spec")
+        pspec = accept_dataset_spec(header.spec, self.rt, "header.spec")
         digest, size = hashlib.sha256(), 0
         with self.rt.storage.staging_dir() as tmp:
             path = tmp / name
@@ -189,7 +187,7 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
                                       field="header.size_bytes")
             if header.sha256 and header.sha256.lower() != digest.hexdigest():
                 raise InvalidArgument("the upload's sha256 does not match header.sha256", field="header.sha256")
-            return self._register(path, name, header.spec)
+            return self._register(path, name, header.spec, pspec)
 
     def GetDataset(self, request, context):
         return self.datasets.get(request.dataset_id, field="dataset_id")

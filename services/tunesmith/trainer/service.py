@@ -19,11 +19,6 @@ from tunesmith.trainer.validation import (accept_merge_request, accept_model_imp
 
 log = logging.getLogger("tunesmith.trainer")
 
-def hyperparameters_dict(hp: trainer_pb2.Hyperparameters) -> dict:
-    """The resolved hyperparameters of the proto (tunesmith.trainer.hyperparameters: one schema)."""
-    return hyperparameters.from_proto(hp)
-
-
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self, runtime: Runtime, *, max_concurrent_jobs: int = 1):
         self.rt = runtime
@@ -79,7 +74,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             validation_split=spec.validation_split,
             method=spec.method.name,
             method_options=method_options(spec.method),
-            hyperparameters={**hyperparameters_dict(spec.hyperparameters), **({"device": spec.device} if spec.device else {})},
+            hyperparameters=hyperparameters.from_proto(spec.hyperparameters, device=spec.device),
             merge=spec.merge,
         ).write(storage, job_id)
         executor = self.rt.registry.get("training_executors", spec.executor)
@@ -176,8 +171,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                                                             "python": sys.executable})
 
     def CreateTrainingJob(self, request, context):
-        accepted = accept_training_request(request, self.rt)
-        record = trainer_pb2.TrainingJob(spec=accepted.spec)
+        record = trainer_pb2.TrainingJob(spec=accept_training_request(request, self.rt))
         return self.jobs.create(record, request.idempotency_key, dict(request.labels))
 
     def GetTrainingJob(self, request, context):

@@ -1,14 +1,14 @@
 """CreateTrainingJob's checks: everything knowable before a job is accepted, with field paths.
 
-`accept_training_request(request, runtime)` returns the spec with its defaults filled in and the
-resolved method options and hyperparameters the worker will use, or raises the first class of
+`accept_training_request(request, runtime)` returns the spec with its defaults filled in (the
+method options and hyperparameters checked the way the worker will resolve them), or raises the
+first class of
 problem found (UNIMPLEMENTED for a field not built yet, INVALID_ARGUMENT listing every bad
 field, NOT_FOUND for an unknown model/dataset/split, FAILED_PRECONDITION for an unavailable
 device). Nothing is stored.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format
@@ -26,12 +26,6 @@ CONFIG_METHODS = {"lora": "lora", "qlora": "qlora", "ia3": "ia3", "prefix_tuning
 DEFAULT_METHOD = "lora"
 DEFAULT_EXECUTOR = "local"
 
-
-@dataclass
-class AcceptedTraining:
-    spec: trainer_pb2.TrainingJobSpec
-    method_options: dict[str, Any]
-    hyperparameters: dict[str, Any]
 
 
 def method_options(method: trainer_pb2.MethodSpec) -> dict[str, Any]:
@@ -60,7 +54,8 @@ def method_options(method: trainer_pb2.MethodSpec) -> dict[str, Any]:
     return json_format.MessageToDict(getattr(method, which), preserving_proto_field_name=True)
 
 
-def _check_method(spec: trainer_pb2.TrainingJobSpec, registry) -> dict[str, Any]:
+def _check_method(spec: trainer_pb2.TrainingJobSpec, registry) -> None:
+    """Fill in the method name; check the config against the plugin (its validate())."""
     method = spec.method
     which = method.WhichOneof("config")
     if not method.name:
@@ -76,15 +71,14 @@ def _check_method(spec: trainer_pb2.TrainingJobSpec, registry) -> dict[str, Any]
                               f"(spec.method.{method.name}), not options", field="spec.method.options")
     options = method_options(method)
     try:
-        resolved = plugin.validate(options)
+        plugin.validate(options)
     except TunesmithError as exc:
         raise exc.prefixed(f"spec.method.{which or method.name}") from None
     if spec.merge and not plugin.supports_merge:
         raise InvalidArgument(f"{method.name} adapters cannot be merged; leave merge unset", field="spec.merge")
-    return dict(resolved if resolved is not None else options)
 
 
-def accept_training_request(request: trainer_pb2.CreateTrainingJobRequest, runtime) -> AcceptedTraining:
+def accept_training_request(request: trainer_pb2.CreateTrainingJobRequest, runtime) -> trainer_pb2.TrainingJobSpec:
     """See the module docstring."""
     spec, v = start_create_checks(request)
     check_enum(v, trainer_pb2.Objective, spec.objective, "spec.objective")
@@ -102,8 +96,8 @@ def accept_training_request(request: trainer_pb2.CreateTrainingJobRequest, runti
         raise Unimplemented("the DPO objective is not built yet; use OBJECTIVE_SFT", field="spec.objective",
                             code="field_unimplemented")
 
-    options = _check_method(spec, runtime.registry)
-    hp = hyperparameters.from_proto(spec.hyperparameters, device=spec.device)
+    _check_method(spec, runtime.registry)
+    hyperparameters.from_proto(spec.hyperparameters, device=spec.device)
     spec.executor = spec.executor or DEFAULT_EXECUTOR
     runtime.registry.require("training_executors", spec.executor, "spec.executor")
     if problem:
@@ -119,7 +113,7 @@ def accept_training_request(request: trainer_pb2.CreateTrainingJobRequest, runti
         check_split(dataset, spec.validation_split, "spec.validation_split", need_rows=False)
         if spec.validation_split == spec.train_split:
             raise InvalidArgument("must differ from spec.train_split", field="spec.validation_split")
-    return AcceptedTraining(spec, options, hp)
+    return spec
 
 
 def accept_merge_request(request: trainer_pb2.CreateMergeJobRequest, runtime) -> trainer_pb2.MergeSpec:
