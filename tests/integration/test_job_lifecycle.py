@@ -1,4 +1,5 @@
-"""Training jobs run in their own process: a crash fails the job (not the service); cancel works."""
+"""Training jobs run in their own process: a crash fails the job (not the service) or, under the
+retry policy, restarts it from its latest checkpoint; cancel works; ResumeTrainingJob resumes."""
 import subprocess
 import time
 
@@ -22,11 +23,12 @@ def dataset_id(cluster, tiny_model_dir, tmp_path_factory):
     return cluster.data.RegisterDataset(data_pb2.RegisterDatasetRequest(source_uri=str(path), spec=spec), timeout=60).dataset.id
 
 
-def long_job(cluster, dataset_id):
+def long_job(cluster, dataset_id, **spec):
     """A job that trains long enough to be interrupted (many epochs of a tiny model)."""
     job = cluster.trainer.CreateTrainingJob(trainer_pb2.CreateTrainingJobRequest(spec=trainer_pb2.TrainingJobSpec(
         base_model="tiny", dataset_id=dataset_id, method=trainer_pb2.MethodSpec(lora=trainer_pb2.LoraConfig(rank=4)),
-        hyperparameters=trainer_pb2.Hyperparameters(max_steps=100_000, batch_size=2, log_every_steps=1))), timeout=30)
+        hyperparameters=trainer_pb2.Hyperparameters(max_steps=100_000, batch_size=2, log_every_steps=1), **spec)),
+        timeout=30)
     for event in cluster.trainer.StreamTrainingJobEvents(S.JobEventsRequest(job_id=job.job.id, follow=True), timeout=300):
         if event.WhichOneof("payload") == "progress" and event.progress.step >= 2:
             return job.job.id
@@ -44,7 +46,7 @@ def wait_terminal(cluster, job_id, timeout=120):
 
 
 def test_killed_worker_fails_the_job_not_the_service(cluster, dataset_id):
-    job_id = long_job(cluster, dataset_id)
+    job_id = long_job(cluster, dataset_id, retry=trainer_pb2.RetryPolicy(disabled=True))
     pids = subprocess.run(["pgrep", "-f", f"tunesmith.trainer.worker .*--job {job_id}"],
                           capture_output=True, text=True).stdout.split()
     assert len(pids) == 1, pids
@@ -65,3 +67,85 @@ def test_cancel_stops_a_running_job(cluster, dataset_id):
     with pytest.raises(grpc.RpcError) as err:
         cluster.trainer.CancelTrainingJob(S.CancelJobRequest(job_id=job_id), timeout=10)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _worker_pid(cluster, job_id, not_pid=None, timeout=60):
+    key = f"jobs/{job_id}/worker.pid"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cluster.runtime.storage.exists(key):
+            pid = int(cluster.runtime.storage.read_bytes(key).decode())
+            if pid != not_pid:
+                return pid
+        time.sleep(0.1)
+    pytest.fail("no new worker started")
+
+
+def test_a_worker_killed_five_times_resumes_from_its_checkpoints_and_succeeds(cluster, dataset_id):
+    """kill -9 (what the OOM killer does) right after each of 5 checkpoints: each time the job
+    restarts from the latest checkpoint, loses at most one checkpoint interval, and in the end
+    SUCCEEDS with one loss-curve point per step."""
+    every, total = 20, 400
+    job = cluster.trainer.CreateTrainingJob(trainer_pb2.CreateTrainingJobRequest(spec=trainer_pb2.TrainingJobSpec(
+        base_model="tiny", dataset_id=dataset_id, method=trainer_pb2.MethodSpec(lora=trainer_pb2.LoraConfig(rank=4)),
+        retry=trainer_pb2.RetryPolicy(max_restarts=5),
+        hyperparameters=trainer_pb2.Hyperparameters(max_steps=total, batch_size=2, log_every_steps=1,
+                                                    checkpoint_every_steps=every))), timeout=30)
+    job_id = job.job.id
+    pid, seen_ckpt = None, 0
+    for kill in range(5):
+        pid = _worker_pid(cluster, job_id, not_pid=pid)
+        deadline = time.monotonic() + 120
+        while True:  # wait for a checkpoint newer than the last kill's
+            rec = cluster.trainer.GetTrainingJob(S.GetJobRequest(job_id=job_id), timeout=10)
+            if rec.latest_checkpoint_step > seen_ckpt:
+                break
+            assert rec.job.state not in (S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED), rec.job
+            assert time.monotonic() < deadline, "no checkpoint was written"
+            time.sleep(0.05)
+        subprocess.run(["kill", "-9", str(pid)], check=True)
+        at_kill = cluster.trainer.GetTrainingJob(S.GetJobRequest(job_id=job_id), timeout=10)
+        seen_ckpt = at_kill.latest_checkpoint_step
+        assert at_kill.job.progress.step - seen_ckpt <= every, "more than one interval since the checkpoint"
+    done = wait_terminal(cluster, job_id, timeout=300)
+    assert done.job.state == S.JOB_STATE_SUCCEEDED, done.job.error
+    assert done.attempts == 6 and done.result.steps == total
+    steps = [p.step for p in done.curves.train_loss]
+    assert steps == list(range(1, total + 1)), "every step once: resumed attempts redo only what was lost"
+    logs = [e.log.message for e in cluster.trainer.StreamTrainingJobEvents(S.JobEventsRequest(job_id=job_id), timeout=30)
+            if e.WhichOneof("payload") == "log"]
+    restarts = [m for m in logs if "restarting from its checkpoint at step" in m]
+    assert len(restarts) == 5, logs
+    assert done.result.checkpoints and done.result.checkpoints[0].uri.startswith("artifact://checkpoint/")
+
+
+def test_a_cancelled_job_resumes_by_request_from_its_checkpoint(cluster, dataset_id):
+    job_id = long_job(cluster, dataset_id)
+    deadline = time.monotonic() + 120
+    while cluster.trainer.GetTrainingJob(S.GetJobRequest(job_id=job_id), timeout=10).latest_checkpoint_step == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    cluster.trainer.CancelTrainingJob(S.CancelJobRequest(job_id=job_id), timeout=10)
+    job = wait_terminal(cluster, job_id, timeout=60)
+    assert job.job.state == S.JOB_STATE_CANCELLED
+    step = job.latest_checkpoint_step  # the SIGTERM checkpoint is at least as new as the periodic ones
+    assert step > 0
+
+    bogus = "artifact://checkpoint/" + "0" * 64
+    with pytest.raises(grpc.RpcError) as err:
+        cluster.trainer.ResumeTrainingJob(trainer_pb2.ResumeTrainingJobRequest(job_id=job_id, checkpoint=bogus),
+                                          timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+    resumed = cluster.trainer.ResumeTrainingJob(trainer_pb2.ResumeTrainingJobRequest(job_id=job_id), timeout=10)
+    assert resumed.job.state not in (S.JOB_STATE_CANCELLED, S.JOB_STATE_FAILED)
+    for event in cluster.trainer.StreamTrainingJobEvents(
+            S.JobEventsRequest(job_id=job_id, from_sequence=resumed.job.last_event_sequence, follow=True), timeout=120):
+        if event.WhichOneof("payload") == "progress" and event.progress.phase == "train":
+            assert event.progress.step == step + 1  # continues where the checkpoint left off
+            break
+    with pytest.raises(grpc.RpcError) as err:  # running: resuming again is refused
+        cluster.trainer.ResumeTrainingJob(trainer_pb2.ResumeTrainingJobRequest(job_id=job_id), timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    cluster.trainer.CancelTrainingJob(S.CancelJobRequest(job_id=job_id), timeout=10)
+    assert wait_terminal(cluster, job_id, timeout=60).job.state == S.JOB_STATE_CANCELLED

@@ -10,9 +10,10 @@ from tunesmith.core.errors import InvalidArgument  # noqa: E402
 
 from .conftest import make_rows  # noqa: E402
 
+from tunesmith.trainer.hyperparameters import resolve as resolve_hp  # noqa: E402
+from tunesmith.trainer.loop import ThreadTuner, TrainingCancelled, lr_factor  # noqa: E402
 from tunesmith.trainer.sft import (  # noqa: E402
-    IGNORE_INDEX, TrainingCancelled, _LossComputer, _ThreadTuner, collate, encode_rows, length_grouped_batches, lr_factor,
-    resolve_hp, train_sft)
+    IGNORE_INDEX, LossComputer, collate, encode_rows, length_grouped_batches, train_sft)
 from tunesmith_builtin.peft_lora import LoraMethod  # noqa: E402
 
 
@@ -94,9 +95,9 @@ def test_thread_tuner_fixed_and_auto():
     before = torch.get_num_threads()
     try:
         logs: list[str] = []
-        _ThreadTuner(1, logs.append).tune(0.0)
+        ThreadTuner(1, logs.append).tune(0.0)
         assert torch.get_num_threads() == 1 and logs == []
-        tuner = _ThreadTuner(0, logs.append)
+        tuner = ThreadTuner(0, logs.append)
         tuner.tune(0.0)
         assert tuner.current in tuner.candidates() and torch.get_num_threads() == tuner.current
         assert tuner.max in tuner.candidates() and 1 in tuner.candidates()
@@ -122,7 +123,7 @@ def test_fast_loss_on_left_padded_batch_equals_the_models_own_loss(sft_model_dir
     ex = encode_rows(sft_tokenizer, rows, 512)
     batch = collate(ex, sft_tokenizer.eos_token_id)
     assert batch["label_span"] + 1 < batch["input_ids"].shape[1]  # the fast path is taken
-    fast = _LossComputer(model)
+    fast = LossComputer(model)
     assert fast.supports_keep
     with torch.no_grad():
         loss_sum, n = fast(model, batch, "cpu")
@@ -170,7 +171,7 @@ def test_training_lowers_the_loss_emits_events_and_saves_a_loadable_adapter(sft_
     assert result["train_tokens"] > 0 and result["tokens_per_second"] > 0 and result["peak_memory_bytes"] > 0
     assert result["stopped_early"] is False and result["truncated_rows"] == 0
 
-    adapter = tmp_path / "adapter"
+    adapter = tmp_path / "output"
     assert result["adapter_dir"] == str(adapter)
     assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
     assert (adapter / "tokenizer.json").exists()
@@ -213,4 +214,8 @@ def test_early_stopping_when_validation_stops_improving(sft_model_dir, tmp_path)
     assert result["steps"] < 60
     vals = [e["values"]["loss"] for e in events if e["type"] == "metrics"]
     assert vals[-1] > result["best_validation_loss"] and vals[-2] > result["best_validation_loss"]
-    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert (tmp_path / "output" / "adapter_config.json").exists()
+    # The saved adapter is the best one: its validation loss is the best seen, not the last.
+    assert result["best_step"] < result["steps"]
+    assert result["final_metrics"]["loss"] == pytest.approx(result["best_validation_loss"], rel=1e-4)
+    assert any("restored the best weights" in e.get("message", "") for e in events if e["type"] == "log")

@@ -28,14 +28,22 @@ if TYPE_CHECKING:
 # --- PEFT methods -------------------------------------------------------------------------
 @runtime_checkable
 class PeftMethod(Protocol):
-    """A fine-tuning method (LoRA, QLoRA, DoRA, IA3, full, ...).
+    """A fine-tuning method (full, LoRA, QLoRA, IA3, prefix or prompt tuning, ...).
 
-    Attributes:
+    Attributes (what the method supports; the services decide from these, never from a name):
         name: registry name, e.g. "lora".
-        supports_merge: the adapter can be merged into the base weights; then the folder that
-            the applied model's save_pretrained() writes is a peft adapter
-            (peft.PeftModel.from_pretrained loads it; the trainer merges it with merge_and_unload).
+        supports_merge: the trained adapter can be merged into the base weights (peft's
+            merge_and_unload). False (prefix/prompt tuning): a merge is refused with
+            FAILED_PRECONDITION, and the adapter is evaluated and served on top of its base.
+        servable_by_vllm: vLLM can serve what it saves (an unmerged LoRA adapter, or a model).
         quantized_base: the base is loaded quantised (QLoRA); load_kwargs says how.
+        artifact_kind: what save() writes: "adapter" (a peft adapter folder that
+            peft.PeftModel.from_pretrained loads) or "model" (a transformers model folder that
+            AutoModelForCausalLM.from_pretrained loads: full fine-tuning).
+        prompt_learning: the method feeds virtual tokens (peft prompt learning). The trainer then
+            pads rows on the right and passes no position_ids or logits_to_keep; the logits may
+            be longer than the input by the virtual tokens, which come first and are dropped
+            before the loss.
 
     `options` is a JSON-like dict (numbers from a protobuf Struct arrive as floats): rank, alpha,
     dropout, target_modules and method-specific keys.
@@ -43,14 +51,18 @@ class PeftMethod(Protocol):
 
     name: str
     supports_merge: bool
+    servable_by_vllm: bool
     quantized_base: bool
+    artifact_kind: str
+    prompt_learning: bool
 
     def validate(self, options: dict[str, Any]) -> dict[str, Any]:
         """Return the options normalised, with defaults filled in (validate({}) gives every
         default; validating the result again returns it unchanged). Does not modify `options`.
 
         Raises InvalidArgument with `field` set to the option key alone ("rank", not
-        "method.rank"); the trainer service prefixes the request path itself.
+        "method.rank"); the trainer service prefixes the request path itself. A method that
+        needs a library that is missing (bitsandbytes for QLoRA) raises FailedPrecondition.
         """
 
     def load_kwargs(self, options: dict[str, Any], device: str) -> dict[str, Any]:
@@ -59,9 +71,90 @@ class PeftMethod(Protocol):
 
     def apply(self, model: Any, options: dict[str, Any]) -> Any:
         """Return `model` made trainable for this method (e.g. a peft PeftModel): at least one
-        parameter requires grad, forward(input_ids, attention_mask, labels) gives .loss and
-        .logits, and save_pretrained(folder) writes what the method trains. Raises like
-        validate() on bad options, before touching the model."""
+        parameter requires grad, forward(input_ids, attention_mask) gives .logits, and save()
+        writes what the method trains. Raises like validate() on bad options, before touching
+        the model."""
+
+    def parameter_counts(self, model: Any) -> tuple[int, int]:
+        """(trainable, total) parameters of an applied model, exactly as peft counts them
+        (PeftModel.get_nb_trainable_parameters) for a peft method."""
+
+    def save(self, model: Any, folder: Path) -> None:
+        """Write the trained result of an applied model into `folder` in artifact_kind's
+        format (the tokenizer is saved by the caller)."""
+
+
+# --- Training recipes ---------------------------------------------------------------------
+@dataclass
+class RecipeContext:
+    """What a recipe's setup() gets from the training loop.
+
+    model: the method-applied model, on its device (unwrapped: the loop owns any DDP wrapper).
+    tokenizer: the base model's tokenizer, with a pad token.
+    method: the PeftMethod (recipes read its prompt_learning flag).
+    hyperparameters: resolved (tunesmith.trainer.hyperparameters.resolve).
+    options: the recipe's own options, as its validate_options() returned them.
+    device: a torch device string ("cpu", "cuda:0").
+    log: one line to the job's events.
+    """
+
+    model: Any
+    tokenizer: Any
+    method: PeftMethod
+    hyperparameters: dict[str, Any]
+    options: dict[str, Any]
+    device: str
+    log: Any
+
+
+@runtime_checkable
+class TrainingRecipe(Protocol):
+    """One training objective (SFT, DPO, ...), torchtune-style: setup, train step, evaluate.
+
+    The training loop (tunesmith.trainer.loop) owns everything else: device placement and
+    multi-process launch (accelerate), the optimizer and LR schedule, gradient accumulation
+    and clipping, checkpoints and resume, events, cancellation, early stopping and saving
+    (through the method's save()).
+
+    A batch is whatever the recipe returns from train_batches(), as a dict that carries two
+    ints besides its tensors: "n_items", the loss normaliser (label tokens for SFT, pairs for
+    DPO: a gradient-accumulation group is normalised by its items' sum), and "n_tokens",
+    the non-padding tokens (for tokens/s).
+
+    Attributes:
+        name: registry name ("sft", "dpo").
+        description: one line for users.
+        objective: the TrainingJobSpec objective it serves by default ("sft", "dpo"), or "" for
+            a recipe that is only chosen by name.
+        row_fields: fields every row of the prepared train split must have, e.g.
+            ("prompt", "completion") or ("prompt", "completion", "rejected").
+        supports_packing: whether hyperparameters.packing is accepted.
+    """
+
+    name: str
+    description: str
+    objective: str
+    row_fields: tuple
+    supports_packing: bool
+
+    def validate_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The recipe's options normalised with defaults (e.g. DPO's beta); InvalidArgument
+        with `field` set to the option key. {} is always valid."""
+
+    def setup(self, context: RecipeContext, train_rows: Sequence[dict], validation_rows: Sequence[dict]) -> dict[str, Any]:
+        """Tokenise the rows and keep what the other calls need. Returns figures for the log
+        and the result: at least "train_examples" and "truncated_rows"."""
+
+    def train_batches(self, epoch: int, seed: int) -> list[dict[str, Any]]:
+        """Every micro-batch of one epoch, in order. Deterministic in (epoch, seed): the loop
+        resumes mid-epoch by recomputing the list and skipping what was done."""
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+        """(summed loss over the batch's items as a scalar tensor, extra metrics as floats)."""
+
+    def evaluate(self, model: Any) -> dict[str, float]:
+        """Validation metrics (model in eval mode, no grad). "loss" is required when there are
+        validation rows (early stopping and the best checkpoint use it); {} without them."""
 
 
 # --- Prompt templates ---------------------------------------------------------------------

@@ -33,6 +33,16 @@ def register_peft_methods(register: Register) -> None:
 
 
 @hookspec
+def register_training_recipes(register: Register) -> None:
+    """Register training objectives: ``register(name, recipe)``.
+
+    recipe: a tunesmith.core.contracts.TrainingRecipe (e.g. "sft", "dpo").
+    Called by: the trainer service (validation) and each training worker process.
+    Collect-all; a name registered twice is a PluginError.
+    """
+
+
+@hookspec
 def register_templates(register: Register) -> None:
     """Register prompt templates: ``register(name, template)``.
 
@@ -86,6 +96,7 @@ def register_training_executors(register: Register) -> None:
 #: Hook name -> the registry kind it fills (used in status reports and by the plugin manager).
 REGISTRY_KINDS: dict[str, str] = {
     "register_peft_methods": "peft_methods",
+    "register_training_recipes": "training_recipes",
     "register_templates": "templates",
     "register_benchmarks": "benchmarks",
     "register_storage_backends": "storage_backends",

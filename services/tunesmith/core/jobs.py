@@ -147,7 +147,8 @@ class JobManager:
 
     def __init__(self, storage, *, collection: str, record_cls: type[Message], kind: str, noun: str,
                  validate: Callable[[Message, JobControl], None], execute: Callable[[Message, JobControl], None],
-                 cancel_hook: Callable[[Message, JobControl], None] | None = None, max_concurrent: int = 1):
+                 cancel_hook: Callable[[Message, JobControl], None] | None = None, max_concurrent: int = 1,
+                 recover: Callable[[Message], str] | None = None):
         self.storage, self.kind, self.noun = storage, kind, noun
         self.records = RecordStore(storage, collection, record_cls, noun=noun)
         self.validate_fn, self.execute_fn, self.cancel_hook = validate, execute, cancel_hook
@@ -160,7 +161,13 @@ class JobManager:
             if rec.job.idempotency_key:
                 self.by_key[rec.job.idempotency_key] = rec.job.id
             if rec.job.state not in TERMINAL:
-                # The process that ran it is gone: say so rather than leave it hanging.
+                # The process that ran it is gone: continue it where `recover` says how (e.g. from
+                # a training checkpoint), else say so rather than leave it hanging.
+                why = recover(rec) if recover is not None else ""
+                if why:
+                    self._restart(rec, f"the {noun} service restarted while this job was "
+                                       f"{S.Name(rec.job.state).removeprefix('JOB_STATE_')}; {why}")
+                    continue
                 self._finish(rec, S.JOB_STATE_FAILED, common_pb2.JobError(
                     code="service_restarted", message=f"the {noun} service restarted while this job was {S.Name(rec.job.state)}"))
 
@@ -223,6 +230,29 @@ class JobManager:
         if self.cancel_hook:
             self.cancel_hook(control.record, control)
         return self.get(job_id)
+
+    def rerun(self, job_id: str, why: str, prepare: Callable[[Message], None] = lambda r: None) -> Message:
+        """Run a FAILED or CANCELLED job again (same id, same events log): `prepare(record)`
+        may adjust the record first. FailedPrecondition for a job in any other state."""
+        with self.lock:
+            record = self.get(job_id)
+            if record.job.state not in (S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED):
+                raise FailedPrecondition(
+                    f"job {job_id} is {S.Name(record.job.state).removeprefix('JOB_STATE_')}; only a failed or "
+                    "cancelled job can be resumed", field="job_id")
+            prepare(record)
+            self._restart(record, why)
+        return self.get(job_id)
+
+    def _restart(self, record: Message, why: str) -> None:
+        with self.lock:
+            record.job.ClearField("error")
+            record.job.ClearField("finished_at")
+            control = JobControl(self, record)
+            self.controls[record.job.id] = control
+            self._set_state(record, S.JOB_STATE_VALIDATING)
+            control.log(why, "warning")
+        threading.Thread(target=self._run, args=(control,), name=f"job-{record.job.id}", daemon=True).start()
 
     def events(self, job_id: str, from_sequence: int = 0, follow: bool = False,
                alive: Callable[[], bool] = lambda: True) -> Iterator[common_pb2.JobEvent]:

@@ -30,7 +30,14 @@ ALLOW_ENV = "TUNESMITH_PLUGINS_ALLOW"
 BLOCK_ENV = "TUNESMITH_PLUGINS_BLOCK"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
+    "tunesmith_builtin.peft_full",
     "tunesmith_builtin.peft_lora",
+    "tunesmith_builtin.peft_qlora",
+    "tunesmith_builtin.peft_ia3",
+    "tunesmith_builtin.peft_prefix_tuning",
+    "tunesmith_builtin.peft_prompt_tuning",
+    "tunesmith_builtin.recipe_sft",
+    "tunesmith_builtin.recipe_dpo",
     "tunesmith_builtin.templates",
     "tunesmith_builtin.benchmarks",
     "tunesmith_builtin.storage_local",
@@ -42,6 +49,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 #: Registry kind -> the Protocol every registration of that kind must satisfy.
 KIND_PROTOCOLS: dict[str, type] = {
     "peft_methods": contracts.PeftMethod,
+    "training_recipes": contracts.TrainingRecipe,
     "templates": contracts.PromptTemplate,
     "benchmarks": contracts.Benchmark,
     "storage_backends": contracts.StorageBackendFactory,

@@ -16,21 +16,7 @@ from tunesmith.core.errors import Unimplemented
 #: message full name -> field name -> (refused when the value satisfies this, why).
 REFUSED: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "tunesmith.api.trainer.v1.TrainingJobSpec": {
-        "num_processes": (lambda v: v > 1, "multi-process (torchrun) training is not built yet"),
-        "resume_from_checkpoint": (bool, "resuming from a checkpoint is not built yet"),
         "serve_as": (bool, "handing a finished model to the inference service is not built yet"),
-        "dpo": (bool, "DPO is not built yet"),
-    },
-    "tunesmith.api.trainer.v1.Hyperparameters": {
-        "packing": (bool, "packing is not built yet"),
-        "checkpoint_every_steps": (bool, "checkpoints are not built yet"),
-    },
-    "tunesmith.api.trainer.v1.MethodSpec": {
-        "qlora": (bool, "the qlora method is not built yet"),
-        "ia3": (bool, "the ia3 method is not built yet"),
-        "prefix_tuning": (bool, "the prefix_tuning method is not built yet"),
-        "prompt_tuning": (bool, "the prompt_tuning method is not built yet"),
-        "full": (bool, "full fine-tuning is not built yet"),
     },
     "tunesmith.api.evaluator.v1.EvaluationSpec": {
         "judge": (bool, "judging and Elo ratings are not built yet"),
@@ -48,7 +34,6 @@ REFUSED: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
 
 #: Whole RPCs that answer UNIMPLEMENTED (their request fields need no row above).
 UNIMPLEMENTED_RPCS: frozenset[str] = frozenset({
-    "tunesmith.api.trainer.v1.TrainerService.PlanMemory",
     "tunesmith.api.trainer.v1.TrainerService.CreateSweep",
     "tunesmith.api.data.v1.DataService.CreateSyntheticDataJob",
 })

@@ -173,29 +173,70 @@ def _bad_values(defaults: dict[str, Any]) -> list[dict[str, Any]]:
     return bad
 
 
+def _random_batch(vocab: int) -> dict[str, Any]:
+    """Four rows of 12 random tokens (ids >= 3, clear of special tokens), the last two
+    right-padded, as the trainer batches them: labels -100 on the padding."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(3, vocab, (4, 12), generator=gen)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[2:, 9:] = 0
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _shifted_loss(logits: Any, labels: Any) -> Any:
+    """Mean next-token cross-entropy of `logits` (one position per label) against `labels`."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+                           ignore_index=-100)
+
+
 def check_peft_method(method: Any, model_factory: Callable[[], Any] | None = None, *,
-                      options: dict[str, Any] | None = None,
-                      bad_options: Sequence[dict[str, Any]] | None = None, lr: float = 0.5) -> None:
+                      model_dir: str | os.PathLike[str] | None = None, options: dict[str, Any] | None = None,
+                      bad_options: Sequence[dict[str, Any]] | None = None, batch: dict[str, Any] | None = None,
+                      lr: float = 1e-2, steps: int = 4, atol: float = 1e-5) -> None:
     """A PeftMethod keeps its contract.
 
+    - Declarations: artifact_kind is "adapter" or "model"; supports_merge only with "adapter".
     - validate({}) returns a dict of defaults; validating that again returns it unchanged and
       does not modify its argument; load_kwargs(defaults, "cpu") is a dict.
-    - Each of `bad_options` (default: one mistyped value per default option, see _bad_values) is
-      refused by validate(), load_kwargs() and apply() with InvalidArgument whose field is one of
-      its option keys (the bare key), apply() before touching the model.
-    - apply(model_factory(), options) leaves trainable parameters; a forward/backward pass gives a
-      finite loss and non-zero gradients; one SGD step changes the logits.
-    - save_pretrained writes files; where that is a peft adapter (adapter_config.json) the stock
-      peft.PeftModel.from_pretrained on a fresh base loads it and gives the same logits, and (with
-      supports_merge) merge_and_unload() too. supports_merge without a peft adapter is a violation.
+    - An unknown option, and each of `bad_options` (default: one mistyped value per default
+      option, see _bad_values), is refused by validate(), load_kwargs() and apply() with
+      InvalidArgument whose field is one of its option keys (the bare key), apply() before
+      touching the model.
+    - apply(base, options) leaves trainable parameters; parameter_counts() is (trainable, total)
+      as peft counts them: PeftModel.get_nb_trainable_parameters() for a peft model, the
+      parameters' numel() otherwise.
+    - The logits have one position per input token, or (prompt_learning) more, the virtual
+      tokens first: the model's own loss equals the next-token loss of the last len(input)
+      positions.
+    - `steps` AdamW steps (lr) on the model's own loss (forward with labels) make that loss fall,
+      with non-zero gradients on the trainable parameters.
+    - save(model, folder) writes artifact_kind's format, which stock libraries load with the
+      same logits (eval mode, `atol`): "adapter", peft.PeftModel.from_pretrained on a fresh base
+      (for quantized_base, one quantised afresh the same way); "model",
+      AutoModelForCausalLM.from_pretrained. With supports_merge, merge_and_unload() on a
+      full-precision base gives the adapter's logits on that base (a quantised base is merged
+      onto the unquantised model, as the trainer's merge does).
 
-    model_factory: returns a fresh causal LM; default tiny_llama. For a method with
-    quantized_base, pass one that loads the base with the method's load_kwargs.
+    model_factory: returns a fresh causal LM (default: loaded from model_dir in float32, else
+        tiny_llama()). For a method with quantized_base, either give model_dir (the base is then
+        loaded from it with the method's load_kwargs) or a factory that loads the base that way
+        (the merge check is then skipped: it needs the unquantised base).
+    batch: input_ids, attention_mask and labels to train on (default: random tokens, right-padded
+        rows included).
     """
     import torch
 
     what = f"peft method {_label(method)}"
     check_conforms(method, c.PeftMethod, what)
+    _require(method.artifact_kind in ("adapter", "model"),
+             f"{what}: artifact_kind is {method.artifact_kind!r}, not 'adapter' or 'model'")
+    _require(not (method.supports_merge and method.artifact_kind != "adapter"),
+             f"{what}: supports_merge is True but artifact_kind is {method.artifact_kind!r}: only adapters merge")
     defaults = method.validate({})
     _require(isinstance(defaults, dict), f"{what}: validate({{}}) returned {type(defaults).__name__}, not a dict")
     argument = copy.deepcopy(defaults)
@@ -205,7 +246,7 @@ def check_peft_method(method: Any, model_factory: Callable[[], Any] | None = Non
     load_kwargs = method.load_kwargs(copy.deepcopy(defaults), "cpu")
     _require(isinstance(load_kwargs, dict), f"{what}: load_kwargs() returned {type(load_kwargs).__name__}, not a dict")
 
-    cases = list(_bad_values(defaults) if bad_options is None else bad_options)
+    cases = list(_bad_values(defaults) if bad_options is None else bad_options) + [{NO_SUCH_OPTION: 1}]
     for bad in cases:
         for call, fn in (("validate", lambda b=bad: method.validate(dict(b))),
                          ("load_kwargs", lambda b=bad: method.load_kwargs(dict(b), "cpu")),
@@ -214,61 +255,113 @@ def check_peft_method(method: Any, model_factory: Callable[[], Any] | None = Non
             _require(exc.field in bad, f"{what}: {call}({bad!r}) raised InvalidArgument with field {exc.field!r}; "
                                        f"the field must be the option key alone (one of {sorted(bad)})")
 
-    factory = model_factory or tiny_llama
+    from transformers import AutoModelForCausalLM
+
+    chosen = method.validate(dict(options or {}))
+    if model_factory is not None:
+        plain = model_factory
+    elif model_dir is not None:
+        def plain():
+            return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    else:
+        plain = tiny_llama
+    quantised = method.quantized_base and model_factory is None and model_dir is not None
+    if quantised:
+        def factory():
+            return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
+                                                        **method.load_kwargs(copy.deepcopy(chosen), "cpu"))
+    else:
+        factory = plain
+
     base = factory()
     base.eval()
-    vocab = int(base.config.vocab_size)
-    gen = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(3, vocab, (2, 8), generator=gen)
-    attention_mask = torch.ones_like(input_ids)
-    with torch.no_grad():
-        base_logits = base(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-    base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    if batch is None:
+        batch = _random_batch(int(base.config.vocab_size))
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    base_state = None if method.quantized_base else {k: v.detach().clone() for k, v in base.state_dict().items()}
 
-    model = method.apply(base, dict(options or {}))
+    model = method.apply(base, copy.deepcopy(chosen))
     trainable = [p for p in model.parameters() if p.requires_grad]
     _require(trainable, f"{what}: apply() left no trainable parameters")
-    model.train()
-    out = model(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids)
-    _require(out.loss is not None and math.isfinite(float(out.loss.detach())), f"{what}: forward gave no finite loss")
-    out.loss.backward()
-    grads = [p.grad for p in trainable if p.grad is not None]
-    _require(grads and any(float(g.abs().sum()) > 0 for g in grads),
-             f"{what}: backward left no non-zero gradient on the trainable parameters")
-    with torch.no_grad():
-        for p in trainable:
-            if p.grad is not None:
-                p -= lr * p.grad
+    counts = method.parameter_counts(model)
+    if callable(getattr(model, "get_nb_trainable_parameters", None)):
+        expected = tuple(model.get_nb_trainable_parameters())
+    else:
+        expected = (sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters()))
+    _require(tuple(counts) == expected and all(isinstance(n, int) for n in counts),
+             f"{what}: parameter_counts() = {counts!r}, but peft counts (trainable, total) = {expected!r}")
+
+    # The logits line up with the input, virtual tokens (if any) first.
+    labels = batch["labels"].clone()
+    labels[:, 0] = -100  # peft predicts the first token from the last virtual one; leave that out
     model.eval()
     with torch.no_grad():
-        tuned_logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-    _require(not torch.allclose(tuned_logits, base_logits, atol=1e-6),
-             f"{what}: a training step on the trainable parameters did not change the model's output")
+        out = model(**inputs, labels=labels)
+    seq = inputs["input_ids"].shape[1]
+    extra = out.logits.shape[1] - seq
+    _require(extra == 0 or (method.prompt_learning and extra > 0),
+             f"{what}: logits have {out.logits.shape[1]} positions for {seq} input tokens"
+             + ("" if method.prompt_learning else " (only prompt_learning methods add positions)"))
+    own = _shifted_loss(out.logits[:, extra:], labels)
+    _require(torch.allclose(own, out.loss.float(), atol=1e-4),
+             f"{what}: the model's loss ({float(out.loss):.5f}) is not the loss of its last {seq} logits "
+             f"({float(own):.5f}): the virtual tokens must come first")
+
+    model.train()
+    optimizer = torch.optim.AdamW(trainable, lr=lr)
+    losses = []
+    for step in range(steps):
+        loss = model(**inputs, labels=batch["labels"]).loss
+        _require(loss is not None and math.isfinite(float(loss.detach())), f"{what}: forward gave no finite loss")
+        optimizer.zero_grad()
+        loss.backward()
+        if step == 0:
+            grads = [p.grad for p in trainable if p.grad is not None]
+            _require(grads and any(float(g.abs().sum()) > 0 for g in grads),
+                     f"{what}: backward left no non-zero gradient on the trainable parameters")
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    with torch.no_grad():
+        out = model(**inputs, labels=batch["labels"])
+    tuned_logits = out.logits.float()
+    _require(float(out.loss) < losses[0],
+             f"{what}: {steps} AdamW steps did not lower the loss ({losses[0]:.4f} -> {float(out.loss):.4f})")
+
+    def fresh_base(quantise: bool) -> Any:
+        fresh = factory() if quantise else plain()
+        if base_state is not None:
+            fresh.load_state_dict(base_state)
+        return fresh
+
+    def logits_of(m: Any) -> Any:
+        with torch.no_grad():
+            return m.eval()(**inputs).logits.float()
+
+    def same(a: Any, b: Any, tol: float, claim: str) -> None:
+        _require(torch.allclose(a, b, atol=tol), f"{what}: {claim} (max difference {float((a - b).abs().max()):.3g})")
 
     with tempfile.TemporaryDirectory(prefix="tunesmith-contract-") as tmp:
-        model.save_pretrained(tmp)
-        _require(any(Path(tmp).iterdir()), f"{what}: save_pretrained() wrote nothing")
-        is_peft = (Path(tmp) / "adapter_config.json").is_file()
-        _require(is_peft or not method.supports_merge,
-                 f"{what}: supports_merge is True but save_pretrained() wrote no peft adapter (adapter_config.json)")
-        if is_peft:
-            from peft import PeftModel
+        method.save(model, Path(tmp))
+        _require(any(Path(tmp).iterdir()), f"{what}: save() wrote nothing")
+        if method.artifact_kind == "model":
+            _require((Path(tmp) / "config.json").is_file(), f"{what}: save() wrote no transformers model (config.json)")
+            reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+            same(logits_of(reloaded), tuned_logits, atol,
+                 "the saved model, loaded with AutoModelForCausalLM.from_pretrained, gives other logits")
+            return
+        _require((Path(tmp) / "adapter_config.json").is_file(), f"{what}: save() wrote no peft adapter (adapter_config.json)")
+        from peft import PeftModel
 
-            fresh = factory()
-            fresh.load_state_dict(base_state)
-            reloaded = PeftModel.from_pretrained(fresh, tmp).eval()
-            with torch.no_grad():
-                again_logits = reloaded(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-            _require(torch.allclose(again_logits, tuned_logits, atol=1e-5),
-                     f"{what}: the saved adapter, loaded with peft.PeftModel.from_pretrained, gives other logits "
-                     f"(max difference {float((again_logits - tuned_logits).abs().max()):.3g})")
-            if method.supports_merge:
-                merged = reloaded.merge_and_unload().eval()
-                with torch.no_grad():
-                    merged_logits = merged(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-                _require(torch.allclose(merged_logits, tuned_logits, atol=1e-4),
-                         f"{what}: merge_and_unload() changes the logits "
-                         f"(max difference {float((merged_logits - tuned_logits).abs().max()):.3g})")
+        reloaded = PeftModel.from_pretrained(fresh_base(quantise=True), tmp)
+        same(logits_of(reloaded), tuned_logits, atol,
+             "the saved adapter, loaded with peft.PeftModel.from_pretrained, gives other logits")
+        if not method.supports_merge or (method.quantized_base and not quantised):
+            return
+        if quantised:  # merge onto the full-precision base, as the trainer's merge does
+            reloaded = PeftModel.from_pretrained(fresh_base(quantise=False), tmp)
+        unmerged = logits_of(reloaded)
+        same(logits_of(reloaded.merge_and_unload()), unmerged, 1e-4, "merge_and_unload() changes the logits")
 
 
 # --- prompt templates -------------------------------------------------------------------------
@@ -724,13 +817,14 @@ def check_plugin(case: PluginCase, tmp_path: str | os.PathLike[str], *, model_di
     tmp_path: a scratch folder (storage roots, executor logs, adapters).
     model_dir: a small Hugging Face model folder for inference backends (skipped without one);
         with adapter=True a tiny_lora_adapter for it is built and checked too.
-    model_factory: builds the model PEFT methods are applied to (default tiny_llama).
+    model_factory: builds the model PEFT methods are applied to (default: from model_dir, else
+        tiny_llama; see check_peft_method for quantized_base methods).
     tokenizer, schemas: for templates (see check_template).
     Backends in SLOW_INFERENCE_BACKENDS are skipped unless TUNESMITH_CONTRACT_VLLM=1.
     """
     tmp = Path(tmp_path)
     if case.kind == "peft_methods":
-        check_peft_method(case.obj, model_factory)
+        check_peft_method(case.obj, model_factory, model_dir=model_dir)
     elif case.kind == "templates":
         check_template(case.obj, schemas=schemas, tokenizer=tokenizer)
     elif case.kind == "benchmarks":

@@ -31,10 +31,11 @@ DEFAULTS: dict[str, Any] = {
     "early_stopping_patience": 0,
     "completion_only_loss": True,
     "device": "auto",
-    "num_threads": 0,  # 0 = auto (calibrated, see tunesmith.trainer.sft)
+    "num_threads": 0,  # 0 = auto (calibrated, see tunesmith.trainer.loop)
     "gradient_checkpointing": False,
     "optimizer": "adamw",
     "packing": False,
+    "checkpoint_every_steps": 0,  # 0 = about 20 per run, at least every 10 steps (tunesmith.trainer.loop)
     "attn_implementation": None,
 }
 
@@ -55,6 +56,7 @@ INT_LIMITS: dict[str, tuple[int, int]] = {
     "early_stopping_patience": (0, 1000),
     "num_threads": (0, 1024),
     "warmup_steps": (0, 10_000_000),
+    "checkpoint_every_steps": (0, 2**62),
 }
 #: key -> (lowest, highest, lowest excluded) for float keys.
 FLOAT_LIMITS: dict[str, tuple[float, float, bool]] = {
@@ -137,6 +139,7 @@ def from_proto(hp, *, device: str = "", prefix: str = "spec.hyperparameters") ->
         "warmup_ratio": hp.warmup_ratio, "weight_decay": hp.weight_decay, "max_grad_norm": hp.max_grad_norm,
         "seed": hp.seed, "max_seq_length": hp.max_seq_length, "eval_every_steps": hp.eval_every_steps,
         "early_stopping_patience": hp.early_stopping_patience, "log_every_steps": hp.log_every_steps,
+        "checkpoint_every_steps": hp.checkpoint_every_steps,
     }
     # Zero means "the default"; a negative (or NaN) value is kept, and refused by resolve().
     given: dict[str, Any] = {k: value for k, value in numbers.items() if value}
@@ -150,6 +153,7 @@ def from_proto(hp, *, device: str = "", prefix: str = "spec.hyperparameters") ->
     if hp.HasField("completion_only_loss"):
         given["completion_only_loss"] = hp.completion_only_loss
     given["gradient_checkpointing"] = hp.gradient_checkpointing
+    given["packing"] = hp.packing
     if device:
         given["device"] = device
     return resolve(given, prefix=prefix)

@@ -1,4 +1,10 @@
-"""TrainerService: training jobs, each in its own process (a crash fails the job, not us)."""
+"""TrainerService: training jobs, each in its own worker process.
+
+A worker that dies without reporting (SIGKILL, OOM kill, a lost node) is restarted from the
+job's latest checkpoint while its retry policy allows (default: 3 restarts); a worker that
+reports an error fails the job. A service restarted mid-job continues its training jobs the same
+way. ResumeTrainingJob restarts a failed or cancelled job from a checkpoint by hand.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,16 +14,49 @@ import time
 
 
 from tunesmith.api.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from tunesmith.core.errors import InvalidArgument, NotFound, Unimplemented
+from tunesmith.core.errors import FailedPrecondition, InvalidArgument, NotFound, TunesmithError, Unimplemented
 from tunesmith.core.jobs import JobCancelled, JobControl, JobFailed, JobManager
 from tunesmith.core.records import artifact_ref
 from tunesmith.core.runtime import Runtime
 from tunesmith.core.status import service_status
 from tunesmith.trainer import hyperparameters
-from tunesmith.trainer.validation import (accept_merge_request, accept_model_import_request, accept_training_request,
-                                         method_options)
+from tunesmith.trainer.validation import (accept_merge_request, accept_model_import_request, accept_resume_request,
+                                         accept_training_request, method_options, recipe_options)
 
 log = logging.getLogger("tunesmith.trainer")
+DEFAULT_MAX_RESTARTS = 3
+
+
+def _trim_curves(record: trainer_pb2.TrainingJob, step: int) -> None:
+    """Drop loss-curve points after `step`: a resumed attempt redoes those steps."""
+    for curve in (record.curves.train_loss, record.curves.validation_loss):
+        keep = [p for p in curve if p.step <= step]
+        del curve[:]
+        curve.extend(keep)
+
+
+def _wait_for_pid(storage, key: str, timeout: float = 60.0) -> None:
+    """Wait until the process whose pid is stored at `key` is gone (SIGKILL it after `timeout`)."""
+    import os
+    import signal
+
+    try:
+        pid = int(storage.read_bytes(key).decode().strip())
+    except Exception:  # noqa: BLE001 - no pid file: nothing to wait for
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        if time.monotonic() > deadline:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            return
+        time.sleep(0.2)
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self, runtime: Runtime, *, max_concurrent_jobs: int = 1):
@@ -26,7 +65,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self.jobs = JobManager(runtime.storage, collection="training_jobs", record_cls=trainer_pb2.TrainingJob,
                                kind="training", noun="training job", validate=self._validate,
                                execute=self._execute, cancel_hook=self._on_cancel,
-                               max_concurrent=max_concurrent_jobs)
+                               max_concurrent=max_concurrent_jobs, recover=self._recover)
         self.merges = JobManager(runtime.storage, collection="merge_jobs", record_cls=trainer_pb2.MergeJob,
                                  kind="merge", noun="merge job", validate=lambda r, c: None,
                                  execute=self._execute_merge)
@@ -59,14 +98,46 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             raise JobFailed("unknown_model", exc.message, "spec.base_model") from None
 
     def _execute(self, record: trainer_pb2.TrainingJob, control: JobControl) -> None:
-        from tunesmith.core.formats.worker import (ERROR_FILE, EVENTS_FILE, LOG_FILE, WorkerError, WorkerInput,
-                                                   WorkerResult, job_key)
+        """Run worker attempts until one succeeds, reports an error, or the retry policy ends."""
+        from tunesmith.core.formats.worker import ERROR_FILE, LOG_FILE, RESULT_FILE, WorkerError, WorkerResult, job_key
 
-        spec, job_id = record.spec, record.job.id
-        storage = self.rt.storage
+        spec, job_id, storage = record.spec, record.job.id, self.rt.storage
+        max_restarts = 0 if spec.retry.disabled else (spec.retry.max_restarts or DEFAULT_MAX_RESTARTS)
+        restarts = 0
+        while True:
+            for name in (ERROR_FILE, RESULT_FILE):
+                storage.delete(job_key(job_id, name))
+            record.attempts += 1
+            code = self._run_attempt(record, control)
+            if control.cancelled.is_set():
+                raise JobCancelled()
+            if code == 0:
+                self._apply_result(record, WorkerResult.read(storage, job_id), control)
+                return
+            if storage.exists(job_key(job_id, ERROR_FILE)):
+                err = WorkerError.read(storage, job_id)
+                raise JobFailed(err.code, err.message, err.field)
+            log_path = storage.path(job_key(job_id, LOG_FILE))
+            tail = log_path.read_text(errors="replace")[-600:] if log_path.is_file() else ""
+            if restarts < max_restarts:
+                restarts += 1
+                where = (f"its checkpoint at step {record.latest_checkpoint_step}" if record.latest_checkpoint.uri
+                         else "the start (no checkpoint yet)")
+                control.log(f"the training process died (exit code {code}); restarting from {where} "
+                            f"(restart {restarts} of {max_restarts})", "warning")
+                continue
+            raise JobFailed("worker_crashed", f"the training process exited with code {code} "
+                                              f"(killed by the OS if negative or 137: out of memory?)"
+                                              + (f" after {restarts} restart(s)" if restarts else "")
+                                              + f"; log tail: {tail}")
+
+    def _worker_input(self, record: trainer_pb2.TrainingJob):
+        from tunesmith.core.formats.worker import WorkerInput
+
+        spec = record.spec
         ds = self.rt.datasets.get(spec.dataset_id)
         base_model = self.rt.models.get(spec.base_model)
-        WorkerInput(  # artifact URIs only: the worker resolves them through its own storage
+        return WorkerInput(  # artifact URIs only: the worker resolves them through its own storage
             base_model=base_model.artifact.uri,
             base_model_name="" if "://" in base_model.name else base_model.name,
             dataset=ds.artifact.uri,
@@ -76,15 +147,37 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             method_options=method_options(spec.method),
             hyperparameters=hyperparameters.from_proto(spec.hyperparameters, device=spec.device),
             merge=spec.merge,
-        ).write(storage, job_id)
+            recipe=spec.recipe,
+            recipe_options=recipe_options(spec),
+            resume_from=record.latest_checkpoint.uri or spec.resume_from_checkpoint,
+        )
+
+    def _run_attempt(self, record: trainer_pb2.TrainingJob, control: JobControl) -> int:
+        """Start one worker (from the latest checkpoint, if any), forward its events until it
+        ends; its exit code."""
+        from tunesmith.core.formats.worker import EVENTS_FILE, LOG_FILE, PID_FILE, job_key
+
+        spec, job_id, storage = record.spec, record.job.id, self.rt.storage
+        worker_input = self._worker_input(record)
+        _trim_curves(record, record.latest_checkpoint_step if worker_input.resume_from else 0)
+        worker_input.write(storage, job_id)
         executor = self.rt.registry.get("training_executors", spec.executor)
         argv = [sys.executable, "-m", "tunesmith.trainer.worker", "--storage", str(storage.root), "--job", job_id]
+        if spec.num_processes > 1:
+            argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc-per-node={spec.num_processes}", "-m", "tunesmith.trainer.worker",
+                    "--storage", str(storage.root), "--job", job_id]
         log_path = storage.path(job_key(job_id, LOG_FILE))
         handle = executor.submit(job_id, argv, {"HF_HUB_OFFLINE": "1"}, str(log_path))
         self.handles[job_id] = handle
-        control.log(f"worker started by the {spec.executor!r} executor")
+        pid = getattr(handle, "pid", None)
+        if pid:
+            storage.write_bytes(job_key(job_id, PID_FILE), str(pid).encode())
+        control.log(f"worker started by the {spec.executor!r} executor (attempt {record.attempts}"
+                    + (f", from {worker_input.resume_from}" if worker_input.resume_from else "") + ")")
         events_path = storage.path(job_key(job_id, EVENTS_FILE))
-        offset, code = 0, None
+        offset = storage.path(job_key(job_id, EVENTS_FILE)).stat().st_size if events_path.exists() else 0
+        code = None
         try:
             while True:
                 code = handle.poll()
@@ -99,16 +192,25 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             if handle.poll() is None:  # we are failing for another reason: never leave a worker behind
                 handle.cancel()
             self.handles.pop(job_id, None)
-        if control.cancelled.is_set():
-            raise JobCancelled()
-        if code != 0:
-            if storage.exists(job_key(job_id, ERROR_FILE)):
-                err = WorkerError.read(storage, job_id)
-                raise JobFailed(err.code, err.message, err.field)
-            tail = log_path.read_text(errors="replace")[-600:] if log_path.is_file() else ""
-            raise JobFailed("worker_crashed", f"the training process exited with code {code} "
-                                              f"(killed by the OS if negative or 137: out of memory?); log tail: {tail}")
-        self._apply_result(record, WorkerResult.read(storage, job_id), control)
+        return code
+
+    def _recover(self, record: trainer_pb2.TrainingJob) -> str:
+        """At start-up, for a job left unfinished by a previous service: why and how it continues,
+        or "" to fail it. Waits for the old worker (which stops, with a checkpoint, once its parent
+        is gone) to exit first."""
+        from tunesmith.core.formats.worker import LatestCheckpoint, PID_FILE, job_key
+
+        if record.spec.retry.disabled:
+            return ""
+        storage = self.rt.storage
+        _wait_for_pid(storage, job_key(record.job.id, PID_FILE))
+        try:
+            latest = LatestCheckpoint.read(storage, record.job.id)
+        except Exception:  # noqa: BLE001 - no (readable) checkpoint: start over
+            return "restarting it from the start (no checkpoint)"
+        record.latest_checkpoint.CopyFrom(artifact_ref(storage.artifact(latest.uri)))
+        record.latest_checkpoint_step = latest.step
+        return f"continuing it from its checkpoint at step {latest.step}"
 
     def _forward_events(self, path, offset: int, record, control: JobControl) -> int:
         """Forward the complete lines after `offset` of worker-events.jsonl; the new offset."""
@@ -131,10 +233,25 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 continue
             if event.type == "progress":
                 control.progress(**event.data)
+                if event.data.get("phase") == "train" and isinstance(event.data.get("loss"), (int, float)):
+                    record.curves.train_loss.add(step=int(event.data.get("step", 0)), loss=float(event.data["loss"]))
             elif event.type == "metrics":
-                values = event.data.get("values") or {}
-                control.metrics(str(event.data.get("name", "")),
-                                {k: float(v) for k, v in values.items() if isinstance(v, (int, float))})
+                values = {k: float(v) for k, v in (event.data.get("values") or {}).items()
+                          if isinstance(v, (int, float))}
+                name = str(event.data.get("name", ""))
+                control.metrics(name, values)
+                if name == "validation" and "loss" in values:
+                    record.curves.validation_loss.add(step=int(values.get("step", 0)), loss=values["loss"])
+            elif event.type == "checkpoint":
+                uri = str(event.data.get("uri", ""))
+                try:
+                    record.latest_checkpoint.CopyFrom(artifact_ref(self.rt.storage.artifact(uri)))
+                except TunesmithError as exc:
+                    log.warning("the worker named a checkpoint that is not stored: %s", exc,
+                                extra={"job_id": record.job.id})
+                    continue
+                record.latest_checkpoint_step = int(event.data.get("step", 0))
+                control.save()
             elif event.type == "log":
                 control.log(str(event.data.get("message", "")), str(event.data.get("level", "info")))
         return offset + len(complete)
@@ -142,7 +259,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def _apply_result(self, record: trainer_pb2.TrainingJob, result, control: JobControl) -> None:
         """Copy a WorkerResult (tunesmith.core.formats.worker) into the job record and save it."""
         r = record.result
-        r.adapter.CopyFrom(control.output(result.adapter))
+        if result.adapter is not None:
+            r.adapter.CopyFrom(control.output(result.adapter))
+        if result.model is not None:
+            r.model.CopyFrom(control.output(result.model))
+        if record.latest_checkpoint.uri:
+            r.checkpoints.append(record.latest_checkpoint)
+        r.final_metrics.update(result.final_metrics)
         if result.merged_model is not None:
             r.merged_model.CopyFrom(control.output(result.merged_model))
         for name in ("train_seconds", "tokens_per_second", "first_train_loss", "final_train_loss",
@@ -183,6 +306,20 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     def CancelTrainingJob(self, request, context):
         return self.jobs.cancel(request.job_id)
+
+    def ResumeTrainingJob(self, request, context):
+        ref = accept_resume_request(request, self.rt)
+
+        def prepare(record: trainer_pb2.TrainingJob) -> None:
+            if ref is not None:
+                record.latest_checkpoint.CopyFrom(ref)
+                record.latest_checkpoint_step = 0  # read from the checkpoint by the worker
+            elif not record.latest_checkpoint.uri:
+                raise FailedPrecondition(f"job {record.job.id} has no checkpoint to resume from; start a new job",
+                                         field="job_id")
+
+        where = ref.uri if ref is not None else "its latest checkpoint"
+        return self.jobs.rerun(request.job_id, f"resumed by request from {where}", prepare)
 
     def StreamTrainingJobEvents(self, request, context):
         yield from self.jobs.events(request.job_id, request.from_sequence, request.follow, alive=context.is_active)
@@ -233,7 +370,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         control.save()
 
     def PlanMemory(self, request, context):
-        raise Unimplemented("the memory planner is on the roadmap (trainer in depth), not built yet")
+        from tunesmith.trainer.planner import plan_memory
+
+        return plan_memory(request, self.rt)
 
     def CreateSweep(self, request, context):
         raise Unimplemented("sweeps are on the roadmap (trainer in depth), not built yet")

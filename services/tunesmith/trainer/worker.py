@@ -3,12 +3,16 @@
     python -m tunesmith.trainer.worker --storage ROOT --job JOB_ID
 
 Reads jobs/<id>/worker-input.json (a WorkerInput, written by the trainer service), resolves its
-base model and dataset artifact URIs through storage, trains, stores the adapter (and merged
-model) as artifacts, and writes under jobs/<id>/ the files of tunesmith.core.formats.worker:
-    worker-events.jsonl   WorkerEvent lines (progress, metrics, log), as they happen
-    worker-result.json    on success: WorkerResult (artifact references and training figures)
-    worker-error.json     on failure: WorkerError (code, message); the exit code is non-zero
-SIGTERM asks the training loop to stop at the next step (exit code 3, "cancelled").
+base model, dataset (and checkpoint to resume from) through storage, runs the recipe the input
+names in the training loop (tunesmith.trainer.loop), stores the adapter (and merged model), or
+the model of a full fine-tune, as artifacts, and writes under jobs/<id>/ the files of
+tunesmith.core.formats.worker:
+    worker-events.jsonl    WorkerEvent lines (progress, metrics, log, checkpoint), as they happen
+    latest-checkpoint.json the newest checkpoint artifact (replaced after each one)
+    worker-result.json     on success: WorkerResult (artifact references and training figures)
+    worker-error.json      on failure: WorkerError (code, message); the exit code is non-zero
+SIGTERM asks the training loop to stop at the next step: it writes a checkpoint, then exits with
+code 3 ("cancelled"). Under torchrun (several processes) only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -60,35 +64,58 @@ def run(storage_root: str, job_id: str) -> int:
 
 def _train(storage, spec, job_id: str, emit, should_stop) -> int:
     """Train what `spec` (a WorkerInput) asks; write the WorkerResult; the exit code."""
+    import os as _os
+
     from tunesmith.core.formats.adapter import AdapterMeta, finalize_adapter
     from tunesmith.core.formats.dataset import read_prepared
-    from tunesmith.core.formats.worker import WorkerResult
+    from tunesmith.core.formats.worker import LatestCheckpoint, WorkerResult
     from tunesmith.core.plugins import get_registry
-    from tunesmith.trainer.sft import TrainingCancelled, train_sft
+    from tunesmith.trainer.loop import TrainingCancelled, train
 
-    method = get_registry().get("peft_methods", spec.method)
+    registry = get_registry()
+    method = registry.get("peft_methods", spec.method)
+    recipe = registry.get("training_recipes", spec.recipe)
     base_dir = str(storage.resolve(spec.base_model))
     dataset = read_prepared(storage, spec.dataset)
     train_rows = dataset.rows(spec.train_split)
     validation_rows = dataset.rows(spec.validation_split) if spec.validation_split else None
-    emit({"type": "log", "level": "info",
-          "message": f"training {spec.method} on {len(train_rows)} rows (validation: {len(validation_rows or [])})"})
-    merged = None
+    main = int(_os.environ.get("RANK", "0")) == 0
+    if main:
+        emit({"type": "log", "level": "info",
+              "message": f"{spec.recipe} with {spec.method} on {len(train_rows)} rows "
+                         f"(validation: {len(validation_rows or [])})"})
+
+    def store_checkpoint(folder: Path, step: int) -> None:
+        art = storage.put_artifact("checkpoint", folder)
+        LatestCheckpoint(art.uri, step).write(storage, job_id)
+        emit({"type": "checkpoint", "uri": art.uri, "step": step})
+
+    resume_dir = storage.resolve(spec.resume_from) if spec.resume_from else None
+    merged = adapter = model = None
     with storage.staging_dir() as tmp:
         try:
-            figures = train_sft(model_path=base_dir, train_rows=train_rows, validation_rows=validation_rows,
-                                method=method, method_options=spec.method_options, hp=spec.hyperparameters,
-                                output_dir=tmp, on_event=emit, should_stop=should_stop)
+            figures = train(model_path=base_dir, train_rows=train_rows, validation_rows=validation_rows,
+                            method=method, method_options=spec.method_options, recipe=recipe,
+                            recipe_options=spec.recipe_options, hp=spec.hyperparameters, output_dir=tmp,
+                            on_event=emit, should_stop=should_stop, identity=spec.identity(),
+                            checkpoint_sink=store_checkpoint, resume_from=resume_dir,
+                            resume_source=spec.resume_from)
         except TrainingCancelled:
-            emit({"type": "log", "level": "info", "message": "cancelled"})
+            if main:
+                emit({"type": "log", "level": "info", "message": "cancelled"})
             return EXIT_CANCELLED
+        if not main:
+            return 0
         training = {k: figures[k] for k in ("steps", "train_seconds", "train_tokens", "final_train_loss",
                                             "best_validation_loss") if figures.get(k) is not None}
-        finalize_adapter(Path(figures["adapter_dir"]),
-                         AdapterMeta(base_model_uri=spec.base_model, base_model_name=spec.base_model_name,
-                                     method=spec.method, training=training))
-        adapter = storage.put_artifact("adapter", figures["adapter_dir"], move=True)
-        if spec.merge:
+        out = Path(figures["output_dir"])
+        if method.artifact_kind == "model":
+            model = storage.put_artifact("model", out, move=True)
+        else:
+            finalize_adapter(out, AdapterMeta(base_model_uri=spec.base_model, base_model_name=spec.base_model_name,
+                                              method=spec.method, training=training))
+            adapter = storage.put_artifact("adapter", out, move=True)
+        if spec.merge and adapter is not None:
             if not method.supports_merge:
                 emit({"type": "log", "level": "warning", "message": f"{spec.method} adapters cannot be merged; skipped"})
             else:
@@ -97,7 +124,7 @@ def _train(storage, spec, job_id: str, emit, should_stop) -> int:
                 emit({"type": "progress", "phase": "merge", "step": figures.get("steps", 0)})
                 merged = merge_artifacts(storage, spec.base_model, adapter.uri,
                                          dtype=_merge_dtype(spec.hyperparameters.get("dtype")))
-    WorkerResult.from_training(adapter, merged, figures).write(storage, job_id)
+    WorkerResult.from_training(figures, adapter=adapter, merged_model=merged, model=model).write(storage, job_id)
     return 0
 
 

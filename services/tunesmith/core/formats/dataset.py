@@ -160,6 +160,8 @@ class DatasetRecord:
     artifact: Artifact
     splits: tuple[SplitInfo, ...]
     labels: tuple[str, ...] = ()
+    #: The spec's schema in lower case ("preference", "classification", ...; "" when unset).
+    schema: str = ""
 
     def split_rows(self) -> dict[str, int]:
         return {s.name: s.rows for s in self.splits}
@@ -171,7 +173,18 @@ class DatasetRecord:
         splits = tuple(SplitInfo(str(s.get("name", "")), int(s.get("rows") or 0)) for s in d.get("splits") or [])
         return cls(id=str(require(d, "id", str, where)), name=str(d.get("name", "")),
                    artifact=artifact_from(d.get("artifact"), f"{where}: artifact"), splits=splits,
-                   labels=tuple(str(x) for x in d.get("labels") or []))
+                   labels=tuple(str(x) for x in d.get("labels") or []), schema=_schema_name(d.get("spec")))
+
+
+#: Schema enum numbers of tunesmith.api.data.v1.Schema (records written with ints) -> names.
+SCHEMA_NUMBERS = {0: "", 1: "classification", 2: "alpaca", 3: "chat", 4: "prompt_completion", 5: "text", 6: "preference"}
+
+
+def _schema_name(spec: Any) -> str:
+    value = spec.get("schema") if isinstance(spec, Mapping) else None
+    if isinstance(value, int):
+        return SCHEMA_NUMBERS.get(value, "")
+    return str(value or "").removeprefix("SCHEMA_").lower().replace("unspecified", "")
 
 
 def record_key(dataset_id: str) -> str:

@@ -4,6 +4,7 @@
     worker-events.jsonl   WorkerEvent lines, appended by the worker as they happen
     worker-result.json    WorkerResult, written by the worker on success
     worker-error.json     WorkerError, written by the worker on failure (exit code non-zero)
+    latest-checkpoint.json LatestCheckpoint, replaced by the worker after each checkpoint
 
 WorkerInput carries artifact URIs (artifact://model/..., artifact://dataset/...), never local
 paths: the worker resolves them through its own storage, wherever that is mounted.
@@ -25,7 +26,10 @@ RESULT_FILE = "worker-result.json"
 ERROR_FILE = "worker-error.json"
 EVENTS_FILE = "worker-events.jsonl"
 LOG_FILE = "worker.log"
-EVENT_TYPES = ("progress", "metrics", "log")
+CHECKPOINT_FILE = "latest-checkpoint.json"
+#: The pid of the worker's process (the executor's child), written by the service.
+PID_FILE = "worker.pid"
+EVENT_TYPES = ("progress", "metrics", "log", "checkpoint")
 
 
 def job_key(job_id: str, name: str) -> str:
@@ -71,13 +75,24 @@ class WorkerInput(_JobFile):
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     merge: bool = False
     base_model_name: str = ""
+    recipe: str = "sft"
+    recipe_options: dict[str, Any] = field(default_factory=dict)
+    #: A checkpoint artifact URI to continue from ("" = start fresh).
+    resume_from: str = ""
     version: str = VERSION
 
     FORMAT = "tunesmith.worker-input"
 
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint of this run must match to be resumed by it."""
+        return {"base_model": self.base_model, "dataset": self.dataset, "train_split": self.train_split,
+                "method": self.method, "method_options": self.method_options, "recipe": self.recipe}
+
     def __post_init__(self) -> None:
         _artifact_uri_of(self.base_model, "model", "base_model")
         _artifact_uri_of(self.dataset, "dataset", "dataset")
+        if self.resume_from:
+            _artifact_uri_of(self.resume_from, "checkpoint", "resume_from")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -93,7 +108,9 @@ class WorkerInput(_JobFile):
                        validation_split=str(d.get("validation_split") or ""), method=str(d.get("method") or "lora"),
                        method_options=dict(d.get("method_options") or {}),
                        hyperparameters=dict(d.get("hyperparameters") or {}), merge=bool(d.get("merge")),
-                       base_model_name=str(d.get("base_model_name") or ""), version=str(d["version"]))
+                       base_model_name=str(d.get("base_model_name") or ""), recipe=str(d.get("recipe") or "sft"),
+                       recipe_options=dict(d.get("recipe_options") or {}),
+                       resume_from=str(d.get("resume_from") or ""), version=str(d["version"]))
         except InvalidArgument as exc:
             raise FormatError(f"{where}: {exc}") from None
 
@@ -102,10 +119,12 @@ class WorkerInput(_JobFile):
 
 @dataclass(frozen=True)
 class WorkerResult(_JobFile):
-    """A finished training: the stored adapter (and merged model) and the training figures."""
+    """A finished training: the stored adapter (and merged model), or the stored model of a
+    method that saves a whole model (full fine-tuning), and the training figures."""
 
-    adapter: Artifact
+    adapter: Artifact | None = None
     merged_model: Artifact | None = None
+    model: Artifact | None = None
     train_seconds: float = 0.0
     train_tokens: int = 0
     tokens_per_second: float = 0.0
@@ -118,31 +137,41 @@ class WorkerResult(_JobFile):
     peak_memory_bytes: int = 0
     stopped_early: bool = False
     truncated_rows: int = 0
+    resumed_from_step: int = 0
+    best_step: int = 0
+    final_metrics: dict[str, float] = field(default_factory=dict)
     version: str = VERSION
 
     FORMAT = "tunesmith.worker-result"
+    _ARTIFACTS = ("adapter", "merged_model", "model")
+
+    def __post_init__(self) -> None:
+        if (self.adapter is None) == (self.model is None):
+            raise InvalidArgument("a worker result holds exactly one of adapter and model", field="adapter")
 
     @classmethod
     def figure_names(cls) -> list[str]:
-        return [f.name for f in fields(cls) if f.name not in ("adapter", "merged_model", "version")]
+        return [f.name for f in fields(cls) if f.name not in (*cls._ARTIFACTS, "version", "final_metrics")]
 
     @classmethod
-    def from_training(cls, adapter: Artifact, merged_model: Artifact | None, figures: dict[str, Any]) -> "WorkerResult":
-        """From train_sft's result dict (unknown keys, e.g. adapter_dir, are dropped)."""
-        return cls(adapter=adapter, merged_model=merged_model,
+    def from_training(cls, figures: dict[str, Any], *, adapter: Artifact | None = None,
+                      merged_model: Artifact | None = None, model: Artifact | None = None) -> "WorkerResult":
+        """From the training loop's result dict (unknown keys, e.g. output_dir, are dropped)."""
+        metrics = {str(k): float(v) for k, v in (figures.get("final_metrics") or {}).items()}
+        return cls(adapter=adapter, merged_model=merged_model, model=model, final_metrics=metrics,
                    **{k: figures[k] for k in cls.figure_names() if figures.get(k) is not None})
 
     def figures(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.figure_names()}
 
     def to_dict(self) -> dict[str, Any]:
-        return {**stamp(self.FORMAT, self.version), "adapter": self.adapter.to_dict(),
-                "merged_model": self.merged_model.to_dict() if self.merged_model else None, **self.figures()}
+        arts = {k: getattr(self, k).to_dict() if getattr(self, k) else None for k in self._ARTIFACTS}
+        return {**stamp(self.FORMAT, self.version), **arts, "final_metrics": dict(self.final_metrics),
+                **self.figures()}
 
     @classmethod
     def from_dict(cls, d: Any, where: str = RESULT_FILE) -> "WorkerResult":
         check(d, fmt=cls.FORMAT, version=VERSION, where=where)
-        merged = d.get("merged_model")
         kinds = {f.name: f.type for f in fields(cls)}
         figures: dict[str, Any] = {}
         for name in cls.figure_names():
@@ -151,11 +180,41 @@ class WorkerResult(_JobFile):
                 continue
             kind = str(kinds[name])
             figures[name] = bool(value) if kind == "bool" else int(value) if kind == "int" else float(value)
-        return cls(adapter=artifact_from(d.get("adapter"), f"{where}: adapter"),
-                   merged_model=artifact_from(merged, f"{where}: merged_model") if merged else None,
-                   version=str(d["version"]), **figures)
+        arts = {k: artifact_from(d[k], f"{where}: {k}") if d.get(k) else None for k in cls._ARTIFACTS}
+        metrics = d.get("final_metrics") or {}
+        if not isinstance(metrics, dict):
+            raise FormatError(f"{where}: final_metrics must be an object")
+        try:
+            return cls(**arts, version=str(d["version"]), final_metrics={str(k): float(v) for k, v in metrics.items()},
+                       **figures)
+        except InvalidArgument as exc:
+            raise FormatError(f"{where}: {exc}") from None
 
     FILE = RESULT_FILE
+
+
+@dataclass(frozen=True)
+class LatestCheckpoint(_JobFile):
+    """The newest checkpoint of a job: its artifact URI and the optimizer step it holds."""
+
+    uri: str
+    step: int
+    version: str = VERSION
+
+    FORMAT = "tunesmith.latest-checkpoint"
+    FILE = CHECKPOINT_FILE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**stamp(self.FORMAT, self.version), "uri": self.uri, "step": self.step}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = CHECKPOINT_FILE) -> "LatestCheckpoint":
+        check(d, fmt=cls.FORMAT, version=VERSION, where=where)
+        try:
+            return cls(_artifact_uri_of(require(d, "uri", str, where), "checkpoint", "uri"),
+                       int(d.get("step") or 0), str(d["version"]))
+        except (InvalidArgument, TypeError, ValueError) as exc:
+            raise FormatError(f"{where}: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -204,7 +204,7 @@ class DpoConfig(_message.Message):
     def __init__(self, beta: _Optional[float] = ..., loss_type: _Optional[_Union[DpoLossType, str]] = ..., reference_policy: _Optional[_Union[ReferenceModelPolicy, str]] = ..., reference_model: _Optional[str] = ...) -> None: ...
 
 class TrainingJobSpec(_message.Message):
-    __slots__ = ("base_model", "dataset_id", "train_split", "validation_split", "objective", "method", "hyperparameters", "merge", "executor", "device", "num_processes", "resume_from_checkpoint", "serve_as", "dpo")
+    __slots__ = ("base_model", "dataset_id", "train_split", "validation_split", "objective", "method", "hyperparameters", "merge", "executor", "device", "num_processes", "resume_from_checkpoint", "serve_as", "dpo", "recipe", "retry")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SPLIT_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +219,8 @@ class TrainingJobSpec(_message.Message):
     RESUME_FROM_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     SERVE_AS_FIELD_NUMBER: _ClassVar[int]
     DPO_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     dataset_id: str
     train_split: str
@@ -233,7 +235,33 @@ class TrainingJobSpec(_message.Message):
     resume_from_checkpoint: str
     serve_as: str
     dpo: DpoConfig
-    def __init__(self, base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., train_split: _Optional[str] = ..., validation_split: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., method: _Optional[_Union[MethodSpec, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., merge: _Optional[bool] = ..., executor: _Optional[str] = ..., device: _Optional[str] = ..., num_processes: _Optional[int] = ..., resume_from_checkpoint: _Optional[str] = ..., serve_as: _Optional[str] = ..., dpo: _Optional[_Union[DpoConfig, _Mapping]] = ...) -> None: ...
+    recipe: str
+    retry: RetryPolicy
+    def __init__(self, base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., train_split: _Optional[str] = ..., validation_split: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., method: _Optional[_Union[MethodSpec, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., merge: _Optional[bool] = ..., executor: _Optional[str] = ..., device: _Optional[str] = ..., num_processes: _Optional[int] = ..., resume_from_checkpoint: _Optional[str] = ..., serve_as: _Optional[str] = ..., dpo: _Optional[_Union[DpoConfig, _Mapping]] = ..., recipe: _Optional[str] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ...) -> None: ...
+
+class RetryPolicy(_message.Message):
+    __slots__ = ("disabled", "max_restarts")
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    disabled: bool
+    max_restarts: int
+    def __init__(self, disabled: _Optional[bool] = ..., max_restarts: _Optional[int] = ...) -> None: ...
+
+class ResumeTrainingJobRequest(_message.Message):
+    __slots__ = ("job_id", "checkpoint")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    checkpoint: str
+    def __init__(self, job_id: _Optional[str] = ..., checkpoint: _Optional[str] = ...) -> None: ...
+
+class LossPoint(_message.Message):
+    __slots__ = ("step", "loss")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    loss: float
+    def __init__(self, step: _Optional[int] = ..., loss: _Optional[float] = ...) -> None: ...
 
 class CreateTrainingJobRequest(_message.Message):
     __slots__ = ("spec", "idempotency_key", "labels")
@@ -253,7 +281,14 @@ class CreateTrainingJobRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class TrainingResult(_message.Message):
-    __slots__ = ("adapter", "merged_model", "checkpoints", "train_seconds", "train_tokens", "tokens_per_second", "final_train_loss", "first_train_loss", "best_validation_loss", "steps", "trainable_parameters", "total_parameters", "peak_memory_bytes", "stopped_early")
+    __slots__ = ("adapter", "merged_model", "checkpoints", "train_seconds", "train_tokens", "tokens_per_second", "final_train_loss", "first_train_loss", "best_validation_loss", "steps", "trainable_parameters", "total_parameters", "peak_memory_bytes", "stopped_early", "model", "final_metrics")
+    class FinalMetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     MERGED_MODEL_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
@@ -268,6 +303,8 @@ class TrainingResult(_message.Message):
     TOTAL_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     STOPPED_EARLY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FINAL_METRICS_FIELD_NUMBER: _ClassVar[int]
     adapter: _common_pb2.ArtifactRef
     merged_model: _common_pb2.ArtifactRef
     checkpoints: _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]
@@ -282,17 +319,35 @@ class TrainingResult(_message.Message):
     total_parameters: int
     peak_memory_bytes: int
     stopped_early: bool
-    def __init__(self, adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., merged_model: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., checkpoints: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., train_seconds: _Optional[float] = ..., train_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., final_train_loss: _Optional[float] = ..., first_train_loss: _Optional[float] = ..., best_validation_loss: _Optional[float] = ..., steps: _Optional[int] = ..., trainable_parameters: _Optional[int] = ..., total_parameters: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., stopped_early: _Optional[bool] = ...) -> None: ...
+    model: _common_pb2.ArtifactRef
+    final_metrics: _containers.ScalarMap[str, float]
+    def __init__(self, adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., merged_model: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., checkpoints: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., train_seconds: _Optional[float] = ..., train_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., final_train_loss: _Optional[float] = ..., first_train_loss: _Optional[float] = ..., best_validation_loss: _Optional[float] = ..., steps: _Optional[int] = ..., trainable_parameters: _Optional[int] = ..., total_parameters: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., stopped_early: _Optional[bool] = ..., model: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., final_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class TrainingCurves(_message.Message):
+    __slots__ = ("train_loss", "validation_loss")
+    TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_LOSS_FIELD_NUMBER: _ClassVar[int]
+    train_loss: _containers.RepeatedCompositeFieldContainer[LossPoint]
+    validation_loss: _containers.RepeatedCompositeFieldContainer[LossPoint]
+    def __init__(self, train_loss: _Optional[_Iterable[_Union[LossPoint, _Mapping]]] = ..., validation_loss: _Optional[_Iterable[_Union[LossPoint, _Mapping]]] = ...) -> None: ...
 
 class TrainingJob(_message.Message):
-    __slots__ = ("job", "spec", "result")
+    __slots__ = ("job", "spec", "result", "curves", "attempts", "latest_checkpoint", "latest_checkpoint_step")
     JOB_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    CURVES_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LATEST_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    LATEST_CHECKPOINT_STEP_FIELD_NUMBER: _ClassVar[int]
     job: _common_pb2.Job
     spec: TrainingJobSpec
     result: TrainingResult
-    def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ..., spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., result: _Optional[_Union[TrainingResult, _Mapping]] = ...) -> None: ...
+    curves: TrainingCurves
+    attempts: int
+    latest_checkpoint: _common_pb2.ArtifactRef
+    latest_checkpoint_step: int
+    def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ..., spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., result: _Optional[_Union[TrainingResult, _Mapping]] = ..., curves: _Optional[_Union[TrainingCurves, _Mapping]] = ..., attempts: _Optional[int] = ..., latest_checkpoint: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., latest_checkpoint_step: _Optional[int] = ...) -> None: ...
 
 class ListTrainingJobsResponse(_message.Message):
     __slots__ = ("jobs", "next_page_token")
@@ -340,17 +395,19 @@ class MergeJob(_message.Message):
     def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ..., spec: _Optional[_Union[MergeSpec, _Mapping]] = ..., merged_model: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
 
 class PlanMemoryRequest(_message.Message):
-    __slots__ = ("spec", "device", "device_memory_bytes")
+    __slots__ = ("spec", "device", "device_memory_bytes", "model_config_json")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     spec: TrainingJobSpec
     device: str
     device_memory_bytes: int
-    def __init__(self, spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., device: _Optional[str] = ..., device_memory_bytes: _Optional[int] = ...) -> None: ...
+    model_config_json: str
+    def __init__(self, spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., device: _Optional[str] = ..., device_memory_bytes: _Optional[int] = ..., model_config_json: _Optional[str] = ...) -> None: ...
 
 class MemoryPlan(_message.Message):
-    __slots__ = ("weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes", "total_bytes", "fits", "suggestions")
+    __slots__ = ("weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes", "total_bytes", "fits", "suggestions", "total_parameters", "trainable_parameters", "device_memory_bytes", "batch_size", "sequence_length")
     WEIGHTS_BYTES_FIELD_NUMBER: _ClassVar[int]
     GRADIENTS_BYTES_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -358,6 +415,11 @@ class MemoryPlan(_message.Message):
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     FITS_FIELD_NUMBER: _ClassVar[int]
     SUGGESTIONS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    TRAINABLE_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
     weights_bytes: int
     gradients_bytes: int
     optimizer_bytes: int
@@ -365,7 +427,12 @@ class MemoryPlan(_message.Message):
     total_bytes: int
     fits: bool
     suggestions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, weights_bytes: _Optional[int] = ..., gradients_bytes: _Optional[int] = ..., optimizer_bytes: _Optional[int] = ..., activations_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., fits: _Optional[bool] = ..., suggestions: _Optional[_Iterable[str]] = ...) -> None: ...
+    total_parameters: int
+    trainable_parameters: int
+    device_memory_bytes: int
+    batch_size: int
+    sequence_length: int
+    def __init__(self, weights_bytes: _Optional[int] = ..., gradients_bytes: _Optional[int] = ..., optimizer_bytes: _Optional[int] = ..., activations_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., fits: _Optional[bool] = ..., suggestions: _Optional[_Iterable[str]] = ..., total_parameters: _Optional[int] = ..., trainable_parameters: _Optional[int] = ..., device_memory_bytes: _Optional[int] = ..., batch_size: _Optional[int] = ..., sequence_length: _Optional[int] = ...) -> None: ...
 
 class SweepAxis(_message.Message):
     __slots__ = ("parameter", "values")

@@ -65,6 +65,11 @@ class TrainerServiceStub:
                 request_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEventsRequest.SerializeToString,
                 response_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEvent.FromString,
                 _registered_method=True)
+        self.ResumeTrainingJob = channel.unary_unary(
+                '/tunesmith.api.trainer.v1.TrainerService/ResumeTrainingJob',
+                request_serializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ResumeTrainingJobRequest.SerializeToString,
+                response_deserializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.TrainingJob.FromString,
+                _registered_method=True)
         self.CreateMergeJob = channel.unary_unary(
                 '/tunesmith.api.trainer.v1.TrainerService/CreateMergeJob',
                 request_serializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.CreateMergeJobRequest.SerializeToString,
@@ -171,6 +176,16 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResumeTrainingJob(self, request, context):
+        """Start a FAILED or CANCELLED training job again from its latest checkpoint (or the named
+        one), as a new attempt of the same job. FAILED_PRECONDITION when the job is still running,
+        has succeeded, or has no checkpoint; a corrupt or foreign checkpoint fails the attempt with
+        a clear error and leaves the job's earlier artifacts untouched.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateMergeJob(self, request, context):
         """Merge an adapter into its base model as a job (minutes on a CPU); the merged model is the
         job's output artifact.
@@ -199,8 +214,8 @@ class TrainerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PlanMemory(self, request, context):
-        """Estimate memory for a job on a device ("does this fit on that GPU?"). Not built yet:
-        UNIMPLEMENTED.
+        """Estimate memory for a job on a device ("does this fit on that GPU?") from the model's
+        config alone (meta device, no weights loaded).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -286,6 +301,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.StreamTrainingJobEvents,
                     request_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEventsRequest.FromString,
                     response_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEvent.SerializeToString,
+            ),
+            'ResumeTrainingJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeTrainingJob,
+                    request_deserializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ResumeTrainingJobRequest.FromString,
+                    response_serializer=tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.TrainingJob.SerializeToString,
             ),
             'CreateMergeJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateMergeJob,
@@ -510,6 +530,33 @@ class TrainerService:
             '/tunesmith.api.trainer.v1.TrainerService/StreamTrainingJobEvents',
             tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEventsRequest.SerializeToString,
             tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeTrainingJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunesmith.api.trainer.v1.TrainerService/ResumeTrainingJob',
+            tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.ResumeTrainingJobRequest.SerializeToString,
+            tunesmith_dot_api_dot_trainer_dot_v1_dot_trainer__pb2.TrainingJob.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,789 @@
+"""TrainerService.PlanMemory: will this training job fit on that device? Estimated from the
+model's config alone, without loading a weight.
+
+`plan_memory(request, runtime)` is the whole RPC. The model comes from the model store
+(spec.base_model: its config.json) or from request.model_config_json (a Hugging Face config.json
+as text), never both. It is built on PyTorch's meta device (shapes and dtypes, no storage), the
+method the spec names is applied to it (the method plugin's own apply(), on meta), and the
+parameters are counted from the result: the trainable count is peft's own
+(PeftModel.get_nb_trainable_parameters) for a peft method. Sizes are in bytes; B is
+hyperparameters.batch_size, S hyperparameters.max_seq_length (tunesmith.trainer.hyperparameters
+DEFAULTS when unset, the same defaults the training loop uses), e the byte size of the training
+dtype (hyperparameters.dtype; "auto" is bfloat16 on a CUDA device, float32 on the CPU, like the
+loop), L, h, i, a, V the config's layers, hidden size, intermediate size, attention heads and
+vocabulary; qd = a x head_dim.
+
+weights_bytes
+    The sum over the applied model's parameters and buffers of numel x element size, in the
+    dtypes the method leaves them in (peft keeps LoRA adapters in float32 on a 16-bit base).
+    QLoRA (a method with quantized_base): a quantised load is impossible on meta, so the plan
+    builds the unquantised model with the method's LoRA config, and counts the linear weights
+    that bitsandbytes would quantise (every nn.Linear but the output head and
+    llm_int8_skip_modules) at
+        4-bit: 0.5 byte/param + absmax per 64-value block: 4/64 (fp32) or, with double_quant,
+               1/64 (8-bit) + 4/(64 x 256) (the fp32 absmax of every 256 blocks);
+        8-bit: 1 byte/param + one fp32 scale per output row;
+    and everything else (embeddings, norms, lm_head, biases, the adapters) in the dtype the
+    method leaves it in (peft's prepare_model_for_kbit_training casts those to float32).
+gradients_bytes
+    numel x element size of every trainable parameter (its gradient has its dtype); full
+    fine-tuning: all of them. With num_processes > 1, once more for DDP's gradient buckets.
+optimizer_bytes
+    AdamW (torch, as the loop builds it): 2 states of the parameter's dtype per trainable
+    parameter (8 bytes each in float32, 4 in bfloat16: torch keeps Adam's states in the
+    parameter dtype, and the loop trains in the load dtype without fp32 master weights).
+    adamw_8bit (bitsandbytes AdamW8bit): 2 bytes/param + 2 fp32 absmax per 256-value block for
+    tensors of >= 4096 values; smaller tensors keep 2 fp32 states (8 bytes/param). SGD: 0 (the
+    loop uses no momentum).
+activations_bytes (what autograd keeps for the backward pass, plus the loss's peak)
+    Per token and decoder layer, counted the way a Llama-style layer (pre-norm, RMSNorm with an
+    fp32 upcast, SDPA attention, gated MLP) saves tensors, checked against
+    torch.autograd.graph.saved_tensors_hooks on real models (tests/trainer/test_planner.py):
+      gradient flow (always): 2 x h x 4 (the fp32 inputs of the two norms) + 3 x qd x e (q, k,
+        v after RoPE; k and v repeated to every head, as transformers does when the batch has a
+        padding mask) + qd x e (attention output) + a x 4 (SDPA's logsumexp) + MLP: 3 x i x e
+        (act input, act output, up) for a gated MLP, i x e for a plain one;
+      per trained module (weight requires grad, or a LoRA adapter), by group (q/k/v share
+        their input, gate/up theirs): full: the group's input once in e (for o_proj: nothing
+        more, SDPA keeps it), and h x e per trained norm; LoRA: the module's input in the
+        adapter's dtype (one shared copy when that is e, one fp32 copy per module on a 16-bit
+        base, where peft casts the input), x (4 + 1) per module with dropout > 0 (output and
+        mask), + r x 4 (lora_A's output);
+      eager attention (attn_implementation "eager") adds B x a x S^2 x (4 + e) per layer (the
+        fp32 softmax and its cast); SDPA keeps no S^2 tensor.
+    Outside the layers, per token: h x 4 (final norm input) + h x e more for a trained final
+    norm and another for a trained lm_head; the loss: B x S x V x 12 (float32 log-probabilities
+    kept by cross-entropy, plus two float32 gradient buffers of that size at the start of the
+    backward pass: the logits tensor often dominates for small models). This is the
+    conservative full-sequence case: our SFT loop passes logits_to_keep and computes logits only
+    from the first labelled position, so completion-only batches use less. A backward working
+    set of 2 x (h + i) x e per token is added once. Prompt learning (prompt/prefix tuning) runs
+    S + num_virtual_tokens positions.
+      Without gradient checkpointing: L x layer + outside.
+      With it (one checkpoint per decoder layer): L x B x S x h x e (each layer's input) + one
+      layer's activations (recomputed during its backward) + outside.
+runtime overhead (part of total_bytes; not a separate field)
+    CUDA: CUDA_CONTEXT_BYTES (~0.5 GiB: context, cuBLAS workspace). CPU: CPU_RUNTIME_BYTES, the
+    resident set of a Python process after `import torch, transformers, peft` and resolving a
+    model class (measured: 460 MiB with torch 2.13 CPU, transformers 5.19, peft 0.21; a bare
+    `import torch, transformers` is 240 MiB).
+
+total_bytes = weights + gradients + optimizer + activations + runtime overhead. It is an upper
+bound more than a point estimate: with zero_grad(set_to_none=True), a step's gradients and its
+activations are never all resident together, and allocator fragmentation is not counted.
+bench/bench_memory_plan.py compares the plan with measured peak RSS on the CPU.
+
+fits = total_bytes <= the device's memory: request.device_memory_bytes when set, else a named
+device's (DEVICE_MEMORY, as nvidia-smi reports it), else the local device's ("cpu": physical RAM,
+or the cgroup limit when lower; "cuda[:N]": torch.cuda's total memory). When it does not fit,
+`suggestions` lists the changes that would shrink the plan (gradient checkpointing, a smaller
+batch, 8-bit AdamW, bfloat16, LoRA instead of full fine-tuning, QLoRA), each re-planned, with
+the bytes it saves and whether the job would then fit.
+
+Errors (tunesmith.core.errors, field paths as in the proto): InvalidArgument for both or neither
+config source ("model_config_json" / "spec.base_model"), a config that is not JSON, not an
+object or has an unknown model_type ("model_config_json"), an unknown device name ("device"), a
+negative "device_memory_bytes", bad method options ("spec.method.lora.rank") or hyperparameters
+("spec.hyperparameters.batch_size"); NotFound for an unknown model name; FailedPrecondition for a
+local CUDA device that is not there (give device_memory_bytes or a device name), or a method that
+cannot be planned on the meta device.
+
+torch and transformers are imported inside the functions (the service must start fast).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tunesmith.api.trainer.v1 import trainer_pb2
+from tunesmith.core.errors import FailedPrecondition, InvalidArgument, NotFound, TunesmithError
+from tunesmith.trainer import hyperparameters
+from tunesmith.trainer.validation import _check_method, method_options
+
+MiB = 2**20
+GiB = 2**30
+
+#: The CUDA context, cuBLAS workspace and friends on a GPU.
+CUDA_CONTEXT_BYTES = 512 * MiB
+#: Resident set of a fresh Python process after `import torch, transformers, peft` and resolving
+#: AutoModelForCausalLM's class (measured on the development machine: 471,344 kB; torch 2.13 CPU,
+#: transformers 5.19, peft 0.21). A bare `import torch, transformers` measured 245,500 kB.
+CPU_RUNTIME_BYTES = 460 * MiB
+
+#: Named GPUs -> memory in bytes, as nvidia-smi reports it (MiB).
+DEVICE_MEMORY: dict[str, int] = {
+    "A100-80GB": 81920 * MiB,
+    "A100-40GB": 40960 * MiB,
+    "H100-80GB": 81559 * MiB,
+    "H100-94GB": 95830 * MiB,
+    "H200": 143771 * MiB,
+    "L4": 23034 * MiB,
+    "L40S": 46068 * MiB,
+    "T4": 15360 * MiB,
+    "V100-16GB": 16384 * MiB,
+    "V100-32GB": 32768 * MiB,
+    "A10G": 23028 * MiB,
+    "A10": 23028 * MiB,
+    "RTX3090": 24576 * MiB,
+    "RTX4090": 24564 * MiB,
+    "RTXA6000": 49140 * MiB,
+}
+
+#: bitsandbytes' 4-bit block size, and the double-quant block of block maxima.
+QUANT_BLOCK = 64
+DOUBLE_QUANT_BLOCK = 256
+#: bitsandbytes' 8-bit optimizers: block size of their states, and the smallest tensor they
+#: quantise (smaller ones keep fp32 states).
+OPTIM_8BIT_BLOCK = 256
+OPTIM_8BIT_MIN_SIZE = 4096
+#: Bytes per vocabulary entry and position of the loss (fp32 log-probs + two fp32 gradients).
+LOSS_BYTES_PER_LOGIT = 12
+
+#: Linear-module names -> the group that shares one input tensor (Llama, Mistral, Qwen, Phi,
+#: GPT-2, Falcon, MPT naming). Unknown names count as their own group.
+_GROUPS = {
+    "q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "qkv_proj": "attn_in",
+    "query_key_value": "attn_in", "c_attn": "attn_in", "Wqkv": "attn_in",
+    "o_proj": "attn_out", "out_proj": "attn_out",
+    "gate_proj": "mlp_in", "up_proj": "mlp_in", "gate_up_proj": "mlp_in", "w1": "mlp_in", "w3": "mlp_in",
+    "c_fc": "mlp_in", "fc1": "mlp_in",
+    "down_proj": "mlp_out", "w2": "mlp_out", "fc2": "mlp_out",
+}
+_GATED_NAMES = ("gate_proj", "gate_up_proj", "w3")
+_LORA_KEYS = ("rank", "alpha", "dropout", "target_modules", "use_dora", "use_rslora")
+
+
+# --- what the meta model tells ------------------------------------------------------------
+@dataclass
+class _Module:
+    """One trained module of a decoder layer."""
+
+    group: str
+    in_features: int
+    kind: str  # "full" (its own weight trains) or "adapter" (LoRA or another peft wrapper)
+    rank: int = 0
+    dropout: float = 0.0
+    adapter_bytes: int = 4  # element size of the adapter's weights (its input is cast to it)
+
+
+@dataclass
+class _Facts:
+    """The sizes of one applied model (meta device), independent of batch and optimizer."""
+
+    total: int
+    trainable: int
+    weights_bytes: int
+    #: (numel, element size) of every trainable tensor.
+    trainable_tensors: list[tuple[int, int]]
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    q_dim: int
+    vocab: int
+    gated: bool
+    eager: bool
+    layer_modules: list[_Module] = field(default_factory=list)
+    norms_trained: int = 0  # trained norms per layer
+    final_norm_trained: bool = False
+    head_trained: bool = False
+    virtual_tokens: int = 0
+    element: int = 4  # bytes per value of the training dtype
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Setup:
+    """What one plan depends on besides the model: a resolved hyperparameter dict and device."""
+
+    hp: dict[str, Any]
+    kind: str  # "cpu" or "cuda"
+    processes: int = 1
+
+
+# --- request checks -----------------------------------------------------------------------
+def _normalise_device_name(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", name).upper()
+
+
+_NAMED = {_normalise_device_name(k): k for k in DEVICE_MEMORY}
+
+
+def _device(request: trainer_pb2.PlanMemoryRequest, spec: trainer_pb2.TrainingJobSpec) -> tuple[str, str, int | None]:
+    """(kind "cpu"/"cuda", the name as asked, the memory from the request or the table, or None
+    for a local device to measure)."""
+    from tunesmith.core.devices import cuda_device_count
+
+    if request.device_memory_bytes < 0:
+        raise InvalidArgument(f"must be >= 0 (0: the device's own memory), got {request.device_memory_bytes}",
+                              field="device_memory_bytes")
+    name = request.device.strip()
+    field_name = "device"
+    if not name:
+        name, field_name = (spec.device.strip() or "auto"), "spec.device"
+    low = name.lower()
+    if low == "auto":
+        low = "cuda" if cuda_device_count() > 0 else "cpu"
+    given = request.device_memory_bytes or None
+    if low == "cpu" or re.fullmatch(r"cuda(:\d{1,2})?", low):
+        return ("cpu" if low == "cpu" else "cuda"), low, given
+    key = _NAMED.get(_normalise_device_name(name))
+    if key is None:
+        raise InvalidArgument(f"unknown device {name!r}: use cpu, cuda, cuda:N or a GPU name "
+                              f"({', '.join(DEVICE_MEMORY)})", field=field_name)
+    return "cuda", key, given or DEVICE_MEMORY[key]
+
+
+def _local_memory(name: str) -> int:
+    if name == "cpu":
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+            try:
+                with open(path) as f:
+                    text = f.read().strip()
+            except OSError:
+                continue
+            if text.isdigit() and 0 < int(text) < total:
+                total = int(text)
+            break
+        return total
+    from tunesmith.core.devices import check_device
+
+    problem = check_device(name)
+    if problem is None:
+        import torch
+
+        if torch.cuda.is_available():
+            index = int(name.partition(":")[2] or 0)
+            return int(torch.cuda.get_device_properties(index).total_memory)
+        problem = f"device {name!r} is not available: torch sees no CUDA GPU"
+    raise FailedPrecondition(f"{problem}; to plan for a GPU that is not here, give device_memory_bytes or a "
+                             f"device name ({', '.join(DEVICE_MEMORY)})", field="device",
+                             code="device_unavailable")
+
+
+def _config(request: trainer_pb2.PlanMemoryRequest, spec: trainer_pb2.TrainingJobSpec, runtime) -> Any:
+    """The transformers config of the model to plan (no weights are read)."""
+    from tunesmith.core.checks import check_model
+
+    if spec.base_model and request.model_config_json:
+        raise InvalidArgument("give either spec.base_model or model_config_json, not both",
+                              field="model_config_json")
+    if not spec.base_model and not request.model_config_json:
+        raise InvalidArgument("is required: a model-store name (e.g. smollm2-135m-instruct), or leave it empty "
+                              "and give model_config_json", field="spec.base_model")
+    if spec.base_model:
+        check_model(runtime.models, spec.base_model, "spec.base_model")
+        entry = runtime.models.get(spec.base_model)
+        folder = runtime.storage.resolve(entry.artifact.uri)
+        try:
+            data = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise FailedPrecondition(f"model {spec.base_model!r} has no readable config.json: {exc}",
+                                     field="spec.base_model") from None
+        return _config_from_dict(data, "spec.base_model")
+    try:
+        data = json.loads(request.model_config_json)
+    except ValueError as exc:
+        raise InvalidArgument(f"is not valid JSON: {exc}", field="model_config_json") from None
+    return _config_from_dict(data, "model_config_json")
+
+
+def _config_from_dict(data: Any, field_name: str) -> Any:
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"must be a JSON object (a config.json), got {type(data).__name__}", field=field_name)
+    model_type = data.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise InvalidArgument("has no model_type (e.g. \"llama\")", field=field_name)
+    _offline()
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        raise InvalidArgument(f"unknown model_type {model_type!r}: this transformers does not know it",
+                              field=field_name)
+    kwargs = {k: v for k, v in data.items() if k != "model_type"}
+    try:
+        return AutoConfig.for_model(model_type, **kwargs)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise InvalidArgument(f"is not a valid {model_type} config: {exc}", field=field_name) from None
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _method(spec: trainer_pb2.TrainingJobSpec, registry) -> tuple[Any, dict[str, Any], str]:
+    """(plugin, validated options, the `spec.method.<config>` path) as CreateTrainingJob resolves
+    them (the spec's method name is filled in)."""
+    _check_method(spec, registry)
+    plugin = registry.require("peft_methods", spec.method.name, "spec.method.name")
+    path = f"spec.method.{spec.method.WhichOneof('config') or spec.method.name}"
+    try:
+        options = plugin.validate(method_options(spec.method))
+    except TunesmithError as exc:
+        raise exc.prefixed(path) from None
+    return plugin, options, path
+
+
+# --- the meta model -----------------------------------------------------------------------
+def _torch_dtype(name: str, kind: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if kind == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _build(config: Any, dtype: Any, attn: str | None) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if attn:
+        kwargs["attn_implementation"] = attn
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, **kwargs)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgument(f"cannot build a causal language model from this config: {exc}",
+                              field="model_config_json") from None
+
+
+def _quantisation(plugin: Any, options: dict[str, Any], kind: str, path: str) -> tuple[int, bool, list[str]]:
+    """(bits, double quant, modules not to quantise) of a quantized_base method, from the
+    quantization_config its load_kwargs() returns (else the options, else 4-bit NF4)."""
+    try:
+        kwargs = plugin.load_kwargs(options, kind) or {}
+    except TunesmithError as exc:
+        raise exc.prefixed(path) from None
+    qc = kwargs.get("quantization_config")
+    if qc is not None:
+        to_dict = qc.to_dict() if hasattr(qc, "to_dict") else dict(qc)
+        bits = 8 if to_dict.get("load_in_8bit") else 4
+        return bits, bool(to_dict.get("bnb_4bit_use_double_quant")), list(to_dict.get("llm_int8_skip_modules") or [])
+    return int(options.get("bits") or 4), bool(options.get("double_quant")), []
+
+
+def _quantised_bytes(model: Any, bits: int, double_quant: bool, skip: list[str]) -> tuple[dict[int, int], int]:
+    """({id(weight): numel} of the linear weights bitsandbytes would quantise, their bytes)."""
+    import torch
+
+    out_emb = model.get_output_embeddings()
+    head = id(out_emb.weight) if out_emb is not None and getattr(out_emb, "weight", None) is not None else None
+    tied_in = model.get_input_embeddings()
+    skip_ids = {head, id(getattr(tied_in, "weight", None))}
+    ids: dict[int, int] = {}
+    nbytes = 0.0
+    per_param_4bit = 0.5 + (1 / QUANT_BLOCK + 4 / (QUANT_BLOCK * DOUBLE_QUANT_BLOCK) if double_quant
+                            else 4 / QUANT_BLOCK)
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or id(module.weight) in skip_ids:
+            continue
+        if any(s and (name == s or name.endswith("." + s) or name.split(".")[-1] == s) for s in skip):
+            continue
+        n = module.weight.numel()
+        ids[id(module.weight)] = n
+        nbytes += n * per_param_4bit if bits == 4 else n + 4 * module.out_features
+    return ids, int(math.ceil(nbytes))
+
+
+def _apply(plugin: Any, model: Any, options: dict[str, Any], registry, build) -> tuple[Any, list[str]]:
+    """The method applied on the meta device; when its apply() cannot run on meta tensors, the
+    plan falls back to what the method trains: LoRA (its LoRA settings, through the "lora"
+    method) for a quantised-base method, every weight for a method that saves a model."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return plugin.apply(model, options), []
+    except TunesmithError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin that cannot run on meta tensors
+        reason = f"{type(exc).__name__}: {exc}"
+    fresh = build()
+    if plugin.quantized_base:
+        lora_options = options.get("lora") if isinstance(options.get("lora"), dict) else \
+            {k: options[k] for k in _LORA_KEYS if k in options}
+        try:
+            lora = registry.get("peft_methods", "lora")
+            with torch.device("meta"):
+                return lora.apply(fresh, lora.validate(lora_options)), [
+                    f"{plugin.name}.apply() failed on the meta device ({reason}); planned with its LoRA settings"]
+        except TunesmithError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            reason += f"; LoRA fallback: {type(exc).__name__}: {exc}"
+    elif plugin.artifact_kind == "model":
+        for p in fresh.parameters():
+            p.requires_grad_(True)
+        return fresh, [f"{plugin.name}.apply() failed on the meta device ({reason}); planned with every weight trained"]
+    raise FailedPrecondition(f"the {plugin.name} method cannot be planned on the meta device: {reason}",
+                             field="spec.method.name", code="unplannable_method")
+
+
+def _decoder_layers(base: Any, n_layers: int) -> Any:
+    import torch
+
+    for _, module in base.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers and n_layers > 0:
+            return module
+    return None
+
+
+def _text_config(config: Any) -> Any:
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _dims(config: Any) -> dict[str, int]:
+    c = _text_config(config)
+
+    def first(*names: str, default: Any = None) -> Any:
+        for n in names:
+            value = getattr(c, n, None)
+            if value:
+                return value
+        return default
+
+    hidden = int(first("hidden_size", "n_embd", "d_model"))
+    heads = int(first("num_attention_heads", "n_head", "num_heads"))
+    head_dim = int(first("head_dim", default=hidden // heads))
+    return {"layers": int(first("num_hidden_layers", "n_layer", "num_layers")), "hidden": hidden,
+            "heads": heads, "q_dim": heads * head_dim,
+            "intermediate": int(first("intermediate_size", "n_inner", "ffn_dim", default=4 * hidden)),
+            "vocab": int(first("vocab_size"))}
+
+
+def _layer_modules(layer: Any, element: int) -> tuple[list[_Module], int, bool]:
+    """Trained modules of one decoder layer, its trained norms, whether its MLP is gated."""
+    import torch
+
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # peft absent: only full fine-tuning can be planned
+        BaseTunerLayer = ()  # noqa: N806
+    modules: list[_Module] = []
+    norms = 0
+    gated = False
+    inside_adapter: list[str] = []
+    for name, module in layer.named_modules():
+        leaf = name.split(".")[-1]
+        if leaf in _GATED_NAMES:
+            gated = True
+        if any(name.startswith(p + ".") for p in inside_adapter):
+            continue
+        group = _GROUPS.get(leaf, f"own:{name}")
+        if BaseTunerLayer and isinstance(module, BaseTunerLayer):
+            inside_adapter.append(name)
+            trainable = [p for p in module.parameters() if p.requires_grad]
+            if not trainable:
+                continue
+            base = module.get_base_layer()
+            in_features = getattr(base, "in_features", None) or base.weight.shape[-1]
+            rank = 0
+            dropout = 0.0
+            r = getattr(module, "r", None)
+            if isinstance(r, dict) and r:
+                rank = int(max(r.values()))
+                drop = getattr(module, "lora_dropout", None)
+                if drop is not None:
+                    for d in drop.values():
+                        dropout = max(dropout, float(getattr(d, "p", 0.0)))
+            adapter_bytes = max(p.element_size() for p in trainable)
+            kind = "full" if any(p.requires_grad for p in base.parameters(recurse=False)) else "adapter"
+            modules.append(_Module(group, int(in_features), kind, rank, dropout, adapter_bytes))
+            continue
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        if isinstance(module, torch.nn.Linear):
+            modules.append(_Module(group, module.in_features, "full"))
+        elif isinstance(module, torch.nn.Embedding):
+            continue
+        elif "norm" in type(module).__name__.lower() or "norm" in leaf.lower():
+            norms += 1
+        else:
+            width = own[0].shape[-1] if own[0].dim() else 1
+            modules.append(_Module(group, int(width), "full"))
+    return modules, norms, gated
+
+
+def _facts(config: Any, plugin: Any, options: dict[str, Any], setup: _Setup, registry, path: str) -> _Facts:
+    import torch
+
+    dtype = _torch_dtype(setup.hp["dtype"], setup.kind)
+    attn = setup.hp.get("attn_implementation") or None
+    dims = _dims(config)
+
+    def build() -> Any:
+        return _build(config, dtype, attn)
+
+    model = build()
+    quant_ids: dict[int, int] = {}
+    quant_bytes = 0
+    notes: list[str] = []
+    if plugin.quantized_base:
+        bits, double_quant, skip = _quantisation(plugin, options, setup.kind, path)
+        quant_ids, quant_bytes = _quantised_bytes(model, bits, double_quant, skip)
+        notes.append(f"{bits}-bit base{' with double quantisation' if double_quant else ''}: "
+                     f"{sum(quant_ids.values()):,} linear weights quantised")
+    applied, apply_notes = _apply(plugin, model, options, registry, build)
+    notes += apply_notes
+    if apply_notes and quant_ids:  # the fallback built a fresh model: find its linear weights again
+        quant_ids, _ = _quantised_bytes(applied.get_base_model() if hasattr(applied, "get_base_model") else applied,
+                                        *(_quantisation(plugin, options, setup.kind, path)))
+
+    if hasattr(applied, "get_nb_trainable_parameters"):  # peft's own count
+        trainable, total = (int(x) for x in applied.get_nb_trainable_parameters())
+    else:
+        trainable = sum(p.numel() for p in applied.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in applied.parameters())
+    if trainable == 0:
+        raise FailedPrecondition(f"the {plugin.name} method leaves no trainable parameter in this model",
+                                 field="spec.method.name")
+
+    weights = quant_bytes
+    tensors: list[tuple[int, int]] = []
+    seen_quant = 0
+    for p in applied.parameters():
+        if id(p) in quant_ids:
+            seen_quant += quant_ids[id(p)]
+            continue
+        weights += p.numel() * p.element_size()
+        if p.requires_grad:
+            tensors.append((p.numel(), p.element_size()))
+    if quant_ids and seen_quant != sum(quant_ids.values()):
+        # the method replaced the quantised modules' weights: fall back to the numel arithmetic
+        weights -= sum(quant_ids.values()) - seen_quant
+    weights += sum(b.numel() * b.element_size() for b in applied.buffers())
+
+    base = applied.get_base_model() if hasattr(applied, "get_base_model") else applied
+    layers = _decoder_layers(base, dims["layers"])
+    element = torch.empty((), dtype=dtype, device="meta").element_size()
+    modules, norms, gated = _layer_modules(layers[0], element) if layers is not None else ([], 0, True)
+    if layers is None:
+        notes.append("no decoder-layer list found: activations estimated as a Llama-style model")
+    final_norm_trained = head_trained = False
+    out_emb = base.get_output_embeddings()
+    if out_emb is not None:
+        head_trained = any(p.requires_grad for p in out_emb.parameters())
+    for name, module in base.named_modules():
+        if "norm" in name.split(".")[-1].lower() and layers is not None and not any(
+                m is module for m in layers.modules()):
+            final_norm_trained = any(p.requires_grad for p in module.parameters())
+    virtual = 0
+    peft_config = getattr(applied, "active_peft_config", None)
+    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+        virtual = int(getattr(peft_config, "num_virtual_tokens", 0) or 0)
+    eager = str(getattr(base.config, "_attn_implementation", "") or "") == "eager"
+    return _Facts(total=total, trainable=trainable, weights_bytes=int(weights), trainable_tensors=tensors,
+                  layers=dims["layers"], hidden=dims["hidden"], intermediate=dims["intermediate"],
+                  heads=dims["heads"], q_dim=dims["q_dim"], vocab=dims["vocab"], gated=gated, eager=eager,
+                  layer_modules=modules, norms_trained=norms, final_norm_trained=final_norm_trained,
+                  head_trained=head_trained, virtual_tokens=virtual, element=element, notes=notes)
+
+
+# --- the byte arithmetic ------------------------------------------------------------------
+def _layer_bytes_per_token(f: _Facts) -> float:
+    """Bytes one decoder layer keeps for backward, per token (see the module docstring)."""
+    e, h, i, qd = f.element, f.hidden, f.intermediate, f.q_dim
+    total = 2 * h * 4 + 3 * qd * e + qd * e + f.heads * 4 + (3 * i * e if f.gated else i * e)
+    total += f.norms_trained * h * e
+    shared: set[str] = set()
+    for m in f.layer_modules:
+        if m.kind == "full":
+            if m.group not in shared and m.group != "attn_out":
+                total += m.in_features * e
+            shared.add(m.group)
+            continue
+        if m.dropout > 0:
+            total += m.in_features * (m.adapter_bytes + 1)
+        elif m.adapter_bytes == e:
+            if m.group not in shared and m.group != "attn_out":
+                total += m.in_features * e
+            shared.add(m.group)
+        else:
+            total += m.in_features * m.adapter_bytes  # peft casts the input to the adapter's dtype
+        total += m.rank * m.adapter_bytes
+    return total
+
+
+def _activation_bytes(f: _Facts, batch: int, seq: int, checkpointing: bool) -> int:
+    e, h = f.element, f.hidden
+    positions = seq + f.virtual_tokens
+    tokens = batch * positions
+    layer = tokens * _layer_bytes_per_token(f)
+    if f.eager:
+        layer += batch * f.heads * positions * positions * (4 + e if e < 4 else 4)
+    outside = tokens * (h * 4 + (h * e if f.final_norm_trained else 0) + (h * e if f.head_trained else 0))
+    outside += tokens * f.vocab * LOSS_BYTES_PER_LOGIT
+    outside += tokens * 2 * (h + f.intermediate) * e
+    if checkpointing:
+        return int(f.layers * tokens * h * e + layer + outside)
+    return int(f.layers * layer + outside)
+
+
+def _optimizer_bytes(f: _Facts, optimizer: str) -> int:
+    if optimizer == "sgd":
+        return 0
+    if optimizer == "adamw_8bit":
+        total = 0
+        for n, _ in f.trainable_tensors:
+            if n >= OPTIM_8BIT_MIN_SIZE:
+                total += 2 * n + 2 * 4 * math.ceil(n / OPTIM_8BIT_BLOCK)
+            else:
+                total += 2 * 4 * n
+        return total
+    return sum(2 * n * size for n, size in f.trainable_tensors)
+
+
+@dataclass
+class _Bytes:
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.overhead
+
+
+def _bytes(f: _Facts, setup: _Setup) -> _Bytes:
+    hp = setup.hp
+    grads = sum(n * size for n, size in f.trainable_tensors)
+    if setup.processes > 1:
+        grads *= 2  # DDP's gradient buckets
+    return _Bytes(weights=f.weights_bytes, gradients=grads, optimizer=_optimizer_bytes(f, hp["optimizer"]),
+                  activations=_activation_bytes(f, hp["batch_size"], hp["max_seq_length"],
+                                                hp["gradient_checkpointing"]),
+                  overhead=CUDA_CONTEXT_BYTES if setup.kind == "cuda" else CPU_RUNTIME_BYTES)
+
+
+def _gib(n: int) -> str:
+    return f"{n / GiB:.2f} GiB"
+
+
+# --- suggestions --------------------------------------------------------------------------
+def _suggestions(config: Any, facts: _Facts, setup: _Setup, spec: trainer_pb2.TrainingJobSpec, plugin: Any,
+                 registry, memory: int) -> list[str]:
+    current = _bytes(facts, setup).total
+    found: list[tuple[int, str]] = []
+
+    def offer(text: str, total: int) -> None:
+        saved = current - total
+        if saved > 0:
+            verdict = "fits" if total <= memory else "still does not fit"
+            found.append((saved, f"{text}: saves {_gib(saved)} (total {_gib(total)}, {verdict} in {_gib(memory)})"))
+
+    hp = setup.hp
+    if not hp["gradient_checkpointing"]:
+        offer("enable gradient checkpointing (hyperparameters.gradient_checkpointing)",
+              _bytes(facts, replace(setup, hp={**hp, "gradient_checkpointing": True})).total)
+    if hp["batch_size"] > 1:
+        b = hp["batch_size"]
+        choice = 1
+        while b > 1:
+            b //= 2
+            if _bytes(facts, replace(setup, hp={**hp, "batch_size": b})).total <= memory:
+                choice = b
+                break
+        accumulation = hp["gradient_accumulation_steps"] * hp["batch_size"] // choice
+        offer(f"batch_size {choice} with gradient_accumulation_steps {accumulation} (the same effective batch)",
+              _bytes(facts, replace(setup, hp={**hp, "batch_size": choice})).total)
+    if hp["optimizer"] == "adamw":
+        offer("8-bit AdamW (hyperparameters.optimizer OPTIMIZER_ADAMW_8BIT)",
+              _bytes(facts, replace(setup, hp={**hp, "optimizer": "adamw_8bit"})).total)
+    if setup.kind == "cuda" and _torch_dtype(hp["dtype"], setup.kind).itemsize == 4:
+        alt = replace(setup, hp={**hp, "dtype": "bfloat16"})
+        offer("train in bfloat16 (hyperparameters.dtype DTYPE_BFLOAT16)", _replan(config, plugin, spec, alt, registry))
+    if plugin.artifact_kind == "model":
+        offer("LoRA (spec.method.lora, rank 16 on every linear layer) instead of full fine-tuning",
+              _replan_method(config, trainer_pb2.MethodSpec(lora=trainer_pb2.LoraConfig()), spec, setup, registry))
+    if not plugin.quantized_base and not plugin.prompt_learning:
+        lora = trainer_pb2.LoraConfig()
+        if spec.method.WhichOneof("config") == "lora":
+            lora.CopyFrom(spec.method.lora)
+        offer("QLoRA (spec.method.qlora: a 4-bit base with LoRA" + (" of the same settings" if
+              spec.method.WhichOneof("config") == "lora" else ", rank 16") + ")",
+              _replan_method(config, trainer_pb2.MethodSpec(qlora=trainer_pb2.QloraConfig(lora=lora)), spec, setup,
+                             registry))
+    if found and not any(total_fits(current - saved, memory) for saved, _ in found):
+        combined = {**hp, "gradient_checkpointing": True, "batch_size": 1}
+        if hp["optimizer"] == "adamw":
+            combined["optimizer"] = "adamw_8bit"
+        offer("all of gradient checkpointing, batch_size 1" + (" and 8-bit AdamW" if hp["optimizer"] == "adamw" else ""),
+              _bytes(facts, replace(setup, hp=combined)).total)
+    found.sort(key=lambda item: -item[0])
+    return [text for _, text in found]
+
+
+def total_fits(total: int, memory: int) -> bool:
+    return total <= memory
+
+
+def _replan(config: Any, plugin: Any, spec: trainer_pb2.TrainingJobSpec, setup: _Setup, registry) -> int:
+    try:
+        options = plugin.validate(method_options(spec.method))
+        return _bytes(_facts(config, plugin, options, setup, registry, "spec.method"), setup).total
+    except TunesmithError:
+        return 2**62  # not possible here: never offered
+
+
+def _replan_method(config: Any, method: trainer_pb2.MethodSpec, spec: trainer_pb2.TrainingJobSpec, setup: _Setup,
+                   registry) -> int:
+    alt = trainer_pb2.TrainingJobSpec()
+    alt.CopyFrom(spec)
+    alt.method.CopyFrom(method)
+    alt.merge = False
+    try:
+        plugin, options, path = _method(alt, registry)
+        return _bytes(_facts(config, plugin, options, setup, registry, path), setup).total
+    except TunesmithError:  # the method is not installed, or cannot run here (no bitsandbytes)
+        return 2**62
+
+
+# --- the RPC ------------------------------------------------------------------------------
+def plan_memory(request: trainer_pb2.PlanMemoryRequest, runtime) -> trainer_pb2.MemoryPlan:
+    """TrainerService.PlanMemory: see the module docstring."""
+    spec = trainer_pb2.TrainingJobSpec()
+    spec.CopyFrom(request.spec)
+    kind, device_name, memory = _device(request, spec)
+    hp = hyperparameters.from_proto(spec.hyperparameters)
+    plugin, options, path = _method(spec, runtime.registry)
+    config = _config(request, spec, runtime)
+    if memory is None:
+        memory = _local_memory(device_name)
+    setup = _Setup(hp=hp, kind=kind, processes=max(1, spec.num_processes))
+    facts = _facts(config, plugin, options, setup, runtime.registry, path)
+    b = _bytes(facts, setup)
+    fits = b.total <= memory
+    plan = trainer_pb2.MemoryPlan(
+        weights_bytes=b.weights, gradients_bytes=b.gradients, optimizer_bytes=b.optimizer,
+        activations_bytes=b.activations, total_bytes=b.total, fits=fits, total_parameters=facts.total,
+        trainable_parameters=facts.trainable, device_memory_bytes=memory, batch_size=hp["batch_size"],
+        sequence_length=hp["max_seq_length"])
+    if not fits:
+        plan.suggestions.extend(_suggestions(config, facts, setup, spec, plugin, runtime.registry, memory))
+    return plan
+
+
+def explain(plan: trainer_pb2.MemoryPlan) -> str:
+    """A few human lines for a plan (the CLI and the bench print them)."""
+    lines = [f"parameters: {plan.trainable_parameters:,} trainable of {plan.total_parameters:,}",
+             f"weights {_gib(plan.weights_bytes)}, gradients {_gib(plan.gradients_bytes)}, optimizer "
+             f"{_gib(plan.optimizer_bytes)}, activations {_gib(plan.activations_bytes)} "
+             f"(batch {plan.batch_size} x {plan.sequence_length} tokens)",
+             f"total {_gib(plan.total_bytes)} of {_gib(plan.device_memory_bytes)}: "
+             f"{'fits' if plan.fits else 'does not fit'}"]
+    lines += [f"  - {s}" for s in plan.suggestions]
+    return "\n".join(lines)
+
+
+__all__ = ["plan_memory", "explain", "DEVICE_MEMORY", "CPU_RUNTIME_BYTES", "CUDA_CONTEXT_BYTES", "NotFound"]
