@@ -8,7 +8,7 @@ needs the model's tokenizer, which apply() loads from the model's own folder
 (FailedPrecondition). save() writes peft's folder with the init recorded as spent: its
 adapter_config.json keeps prompt_tuning_init_text but says RANDOM and names no tokenizer, so the
 folder holds no path into the machine that trained it and stock PeftModel.from_pretrained loads
-it anywhere (also with is_trainable=True; the trained embeddings replace any initialisation).
+it anywhere without the tokenizer (the trained embeddings replace any initialisation).
 
 Declares: prompt_learning (the logits are longer than the input by num_virtual_tokens, which
 come first), supports_merge False (virtual tokens are not weight deltas: a merge is refused and

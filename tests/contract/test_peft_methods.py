@@ -279,7 +279,7 @@ def test_prompt_tuning_init_text_starts_from_the_texts_embeddings(tiny, tmp_path
     assert (config["prompt_tuning_init"], config["tokenizer_name_or_path"]) == ("RANDOM", None)
     assert config["prompt_tuning_init_text"] == "Route this message"
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
-                                         str(tmp_path), is_trainable=True)
+                                         str(tmp_path))
     assert torch.equal(reloaded.prompt_encoder["default"].embedding.weight, model.prompt_encoder["default"].embedding.weight)
 
 

@@ -149,3 +149,30 @@ def test_a_cancelled_job_resumes_by_request_from_its_checkpoint(cluster, dataset
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     cluster.trainer.CancelTrainingJob(S.CancelJobRequest(job_id=job_id), timeout=10)
     assert wait_terminal(cluster, job_id, timeout=60).job.state == S.JOB_STATE_CANCELLED
+
+
+def _short_job(cluster, dataset_id, **hp_and_spec):
+    processes = hp_and_spec.pop("num_processes", 0)
+    job = cluster.trainer.CreateTrainingJob(trainer_pb2.CreateTrainingJobRequest(spec=trainer_pb2.TrainingJobSpec(
+        base_model="tiny", dataset_id=dataset_id, method=trainer_pb2.MethodSpec(lora=trainer_pb2.LoraConfig(rank=4)),
+        num_processes=processes, device="cpu",
+        hyperparameters=trainer_pb2.Hyperparameters(max_steps=8, batch_size=2, log_every_steps=1, seed=3,
+                                                    **hp_and_spec))), timeout=30)
+    return wait_terminal(cluster, job.job.id, timeout=300)
+
+
+def test_two_processes_under_torchrun_train_like_one_with_twice_the_accumulation(cluster, dataset_id):
+    """DDP on CPU (gloo): 2 processes x 1 micro-batch per step see the same micro-batches as one
+    process accumulating 2, so their loss curves agree."""
+    ddp = _short_job(cluster, dataset_id, num_processes=2, gradient_accumulation_steps=1)
+    assert ddp.job.state == S.JOB_STATE_SUCCEEDED, ddp.job.error
+    single = _short_job(cluster, dataset_id, gradient_accumulation_steps=2)
+    assert single.job.state == S.JOB_STATE_SUCCEEDED, single.job.error
+    a = [p.loss for p in ddp.curves.train_loss]
+    b = [p.loss for p in single.curves.train_loss]
+    assert len(a) == len(b) == 8
+    assert a == pytest.approx(b, rel=1e-4)
+    assert ddp.result.train_tokens == single.result.train_tokens
+    logs = [e.log.message for e in cluster.trainer.StreamTrainingJobEvents(S.JobEventsRequest(job_id=ddp.job.id),
+                                                                          timeout=30) if e.WhichOneof("payload") == "log"]
+    assert any("2 processes" in m for m in logs), logs

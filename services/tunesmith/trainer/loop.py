@@ -448,16 +448,17 @@ def train(*, model_path: str, train_rows: list[dict], validation_rows: list[dict
             lr = h["learning_rate"] * lr_factor(step, total_steps, warmup, h["lr_scheduler"])
             for pg in optimizer.param_groups:
                 pg["lr"] = lr
-            loss_total = 0.0
+            loss_total, group_tokens = 0.0, 0
             for batch in mine:
                 # Several processes: no DDP sync per micro-batch; one all-reduce per group below.
                 with accelerator.no_sync(wrapped) if world > 1 else contextlib.nullcontext():
                     loss_sum, _ = recipe.loss(wrapped, batch)
                     accelerator.backward(loss_sum / max(1, n_items))
                 loss_total += float(loss_sum.detach())
-                st["tokens_seen"] += int(batch["n_tokens"])
+                group_tokens += int(batch["n_tokens"])
             if world > 1:
-                loss_total = _all_reduce_group(params, loss_total, accelerator.device)
+                loss_total, group_tokens = _all_reduce_group(params, loss_total, group_tokens)
+            st["tokens_seen"] += group_tokens
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -478,10 +479,10 @@ def train(*, model_path: str, train_rows: list[dict], validation_rows: list[dict
                     on_event({
                         "type": "progress", "phase": "train", "step": step, "total_steps": total_steps,
                         "epoch": epoch + (g_idx + 1) / len(groups), "loss": loss, "learning_rate": lr,
-                        "tokens_per_second": st["tokens_seen"] * world / secs if secs > 0 else 0.0,
+                        "tokens_per_second": st["tokens_seen"] / secs if secs > 0 else 0.0,
                         "eta_seconds": (total_steps - step) * secs / max(1, step - resumed_from_step)
                         if step > resumed_from_step else 0.0,
-                        "tokens_seen": st["tokens_seen"] * world, "elapsed_seconds": secs, "grad_norm": grad_norm,
+                        "tokens_seen": st["tokens_seen"], "elapsed_seconds": secs, "grad_norm": grad_norm,
                         "memory_bytes": peak_memory_bytes(device),
                     })
                 st["log_loss_sum"], st["log_loss_items"] = 0.0, 0
@@ -526,11 +527,11 @@ def train(*, model_path: str, train_rows: list[dict], validation_rows: list[dict
         tokenizer.save_pretrained(str(out))
     accelerator.wait_for_everyone()
     secs = st["train_seconds"]
-    tps = st["tokens_seen"] * world / secs if secs > 0 else 0.0
+    tps = st["tokens_seen"] / secs if secs > 0 else 0.0
     window = st["step_losses"][-_FINAL_LOSS_WINDOW:]
     result = {
         "output_dir": str(out), "artifact_kind": method.artifact_kind, "train_seconds": secs,
-        "train_tokens": st["tokens_seen"] * world, "tokens_per_second": tps,
+        "train_tokens": st["tokens_seen"], "tokens_per_second": tps,
         "first_train_loss": st["step_losses"][0] if st["step_losses"] else None,
         "final_train_loss": sum(window) / len(window) if window else None,
         "best_validation_loss": st["best_val"], "best_step": st["best_step"], "steps": step,
@@ -556,9 +557,9 @@ def _stop_everywhere(stop: bool, world: int, device: Any) -> bool:
     return bool(flag.item())
 
 
-def _all_reduce_group(params: list, loss_total: float, device: Any) -> float:
-    """Sum every rank's gradients (a rank with no micro-batch in a short last group adds zeros)
-    and the group's summed loss; returns the summed loss."""
+def _all_reduce_group(params: list, loss_total: float, tokens: int) -> tuple[float, int]:
+    """Sum every rank's gradients (a rank with no micro-batch in a short last group adds zeros),
+    the group's summed loss and its tokens; returns the summed loss and tokens."""
     import torch
     import torch.distributed as dist
 
@@ -567,11 +568,12 @@ def _all_reduce_group(params: list, loss_total: float, device: Any) -> float:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         grads.append(p.grad)
-    flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([loss_total], dtype=grads[0].dtype,
-                                                                    device=grads[0].device)])
+    flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     offset = 0
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
-    return float(flat[-1])
+    figures = torch.tensor([loss_total, float(tokens)], dtype=torch.float64, device=grads[0].device)
+    dist.all_reduce(figures)
+    return float(figures[0]), int(figures[1])

@@ -100,7 +100,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tunesmith.api.trainer.v1 import trainer_pb2
-from tunesmith.core.errors import FailedPrecondition, InvalidArgument, NotFound, TunesmithError
+from tunesmith.core.errors import FailedPrecondition, InvalidArgument, TunesmithError
 from tunesmith.trainer import hyperparameters
 from tunesmith.trainer.validation import _check_method, method_options
 
@@ -266,16 +266,20 @@ def _local_memory(name: str) -> int:
                              code="device_unavailable")
 
 
-def _config(request: trainer_pb2.PlanMemoryRequest, spec: trainer_pb2.TrainingJobSpec, runtime) -> Any:
-    """The transformers config of the model to plan (no weights are read)."""
-    from tunesmith.core.checks import check_model
-
+def _check_sources(request: trainer_pb2.PlanMemoryRequest, spec: trainer_pb2.TrainingJobSpec) -> None:
     if spec.base_model and request.model_config_json:
         raise InvalidArgument("give either spec.base_model or model_config_json, not both",
                               field="model_config_json")
     if not spec.base_model and not request.model_config_json:
         raise InvalidArgument("is required: a model-store name (e.g. smollm2-135m-instruct), or leave it empty "
                               "and give model_config_json", field="spec.base_model")
+
+
+def _config(request: trainer_pb2.PlanMemoryRequest, spec: trainer_pb2.TrainingJobSpec, runtime) -> Any:
+    """The transformers config of the model to plan (no weights are read)."""
+    from tunesmith.core.checks import check_model
+
+    _check_sources(request, spec)
     if spec.base_model:
         check_model(runtime.models, spec.base_model, "spec.base_model")
         entry = runtime.models.get(spec.base_model)
@@ -383,8 +387,8 @@ def _quantised_bytes(model: Any, bits: int, double_quant: bool, skip: list[str])
     per_param_4bit = 0.5 + (1 / QUANT_BLOCK + 4 / (QUANT_BLOCK * DOUBLE_QUANT_BLOCK) if double_quant
                             else 4 / QUANT_BLOCK)
     for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or id(module.weight) in skip_ids:
-            continue
+        if not isinstance(module, torch.nn.Linear) or id(module.weight) in skip_ids or module.weight.requires_grad:
+            continue  # the head, the embeddings and the adapters stay unquantised
         if any(s and (name == s or name.endswith("." + s) or name.split(".")[-1] == s) for s in skip):
             continue
         n = module.weight.numel()
@@ -459,7 +463,7 @@ def _dims(config: Any) -> dict[str, int]:
             "vocab": int(first("vocab_size"))}
 
 
-def _layer_modules(layer: Any, element: int) -> tuple[list[_Module], int, bool]:
+def _layer_modules(layer: Any) -> tuple[list[_Module], int, bool]:
     """Trained modules of one decoder layer, its trained norms, whether its MLP is gated."""
     import torch
 
@@ -524,19 +528,16 @@ def _facts(config: Any, plugin: Any, options: dict[str, Any], setup: _Setup, reg
         return _build(config, dtype, attn)
 
     model = build()
+    notes: list[str] = []
+    applied, notes = _apply(plugin, model, options, registry, build)
+    base = applied.get_base_model() if hasattr(applied, "get_base_model") else applied
     quant_ids: dict[int, int] = {}
     quant_bytes = 0
-    notes: list[str] = []
     if plugin.quantized_base:
         bits, double_quant, skip = _quantisation(plugin, options, setup.kind, path)
-        quant_ids, quant_bytes = _quantised_bytes(model, bits, double_quant, skip)
+        quant_ids, quant_bytes = _quantised_bytes(base, bits, double_quant, skip)
         notes.append(f"{bits}-bit base{' with double quantisation' if double_quant else ''}: "
                      f"{sum(quant_ids.values()):,} linear weights quantised")
-    applied, apply_notes = _apply(plugin, model, options, registry, build)
-    notes += apply_notes
-    if apply_notes and quant_ids:  # the fallback built a fresh model: find its linear weights again
-        quant_ids, _ = _quantised_bytes(applied.get_base_model() if hasattr(applied, "get_base_model") else applied,
-                                        *(_quantisation(plugin, options, setup.kind, path)))
 
     if hasattr(applied, "get_nb_trainable_parameters"):  # peft's own count
         trainable, total = (int(x) for x in applied.get_nb_trainable_parameters())
@@ -549,33 +550,30 @@ def _facts(config: Any, plugin: Any, options: dict[str, Any], setup: _Setup, reg
 
     weights = quant_bytes
     tensors: list[tuple[int, int]] = []
-    seen_quant = 0
     for p in applied.parameters():
-        if id(p) in quant_ids:
-            seen_quant += quant_ids[id(p)]
-            continue
-        weights += p.numel() * p.element_size()
+        if id(p) not in quant_ids:
+            weights += p.numel() * p.element_size()
         if p.requires_grad:
             tensors.append((p.numel(), p.element_size()))
-    if quant_ids and seen_quant != sum(quant_ids.values()):
-        # the method replaced the quantised modules' weights: fall back to the numel arithmetic
-        weights -= sum(quant_ids.values()) - seen_quant
     weights += sum(b.numel() * b.element_size() for b in applied.buffers())
 
-    base = applied.get_base_model() if hasattr(applied, "get_base_model") else applied
     layers = _decoder_layers(base, dims["layers"])
-    element = torch.empty((), dtype=dtype, device="meta").element_size()
-    modules, norms, gated = _layer_modules(layers[0], element) if layers is not None else ([], 0, True)
+    # The residual stream's dtype: the load dtype, or float32 where the method upcast the
+    # embeddings (peft's prepare_model_for_kbit_training does, for QLoRA).
+    embeddings = base.get_input_embeddings()
+    element = (embeddings.weight.element_size() if embeddings is not None and getattr(embeddings, "weight", None)
+               is not None else torch.empty((), dtype=dtype, device="meta").element_size())
+    modules, norms, gated = _layer_modules(layers[0]) if layers is not None else ([], 0, True)
     if layers is None:
         notes.append("no decoder-layer list found: activations estimated as a Llama-style model")
     final_norm_trained = head_trained = False
     out_emb = base.get_output_embeddings()
     if out_emb is not None:
         head_trained = any(p.requires_grad for p in out_emb.parameters())
+    in_layers = {id(m) for m in layers.modules()} if layers is not None else set()
     for name, module in base.named_modules():
-        if "norm" in name.split(".")[-1].lower() and layers is not None and not any(
-                m is module for m in layers.modules()):
-            final_norm_trained = any(p.requires_grad for p in module.parameters())
+        if "norm" in name.split(".")[-1].lower() and id(module) not in in_layers:
+            final_norm_trained = final_norm_trained or any(p.requires_grad for p in module.parameters())
     virtual = 0
     peft_config = getattr(applied, "active_peft_config", None)
     if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
@@ -613,19 +611,23 @@ def _layer_bytes_per_token(f: _Facts) -> float:
     return total
 
 
-def _activation_bytes(f: _Facts, batch: int, seq: int, checkpointing: bool) -> int:
+def _activation_parts(f: _Facts, batch: int, seq: int, checkpointing: bool) -> dict[str, int]:
+    """The activation estimate by part: "saved" (what autograd keeps: the layers and the final
+    norm/head), "loss" (the logits' peak) and "working" (transient backward buffers)."""
     e, h = f.element, f.hidden
     positions = seq + f.virtual_tokens
     tokens = batch * positions
     layer = tokens * _layer_bytes_per_token(f)
     if f.eager:
         layer += batch * f.heads * positions * positions * (4 + e if e < 4 else 4)
-    outside = tokens * (h * 4 + (h * e if f.final_norm_trained else 0) + (h * e if f.head_trained else 0))
-    outside += tokens * f.vocab * LOSS_BYTES_PER_LOGIT
-    outside += tokens * 2 * (h + f.intermediate) * e
-    if checkpointing:
-        return int(f.layers * tokens * h * e + layer + outside)
-    return int(f.layers * layer + outside)
+    head = tokens * (h * 4 + (h * e if f.final_norm_trained else 0) + (h * e if f.head_trained else 0))
+    saved = f.layers * tokens * h * e + layer if checkpointing else f.layers * layer
+    return {"saved": int(saved + head), "loss": int(tokens * f.vocab * LOSS_BYTES_PER_LOGIT),
+            "working": int(tokens * 2 * (h + f.intermediate) * e)}
+
+
+def _activation_bytes(f: _Facts, batch: int, seq: int, checkpointing: bool) -> int:
+    return sum(_activation_parts(f, batch, seq, checkpointing).values())
 
 
 def _optimizer_bytes(f: _Facts, optimizer: str) -> int:
@@ -714,7 +716,7 @@ def _suggestions(config: Any, facts: _Facts, setup: _Setup, spec: trainer_pb2.Tr
               spec.method.WhichOneof("config") == "lora" else ", rank 16") + ")",
               _replan_method(config, trainer_pb2.MethodSpec(qlora=trainer_pb2.QloraConfig(lora=lora)), spec, setup,
                              registry))
-    if found and not any(total_fits(current - saved, memory) for saved, _ in found):
+    if found and not any(current - saved <= memory for saved, _ in found):
         combined = {**hp, "gradient_checkpointing": True, "batch_size": 1}
         if hp["optimizer"] == "adamw":
             combined["optimizer"] = "adamw_8bit"
@@ -722,10 +724,6 @@ def _suggestions(config: Any, facts: _Facts, setup: _Setup, spec: trainer_pb2.Tr
               _bytes(facts, replace(setup, hp=combined)).total)
     found.sort(key=lambda item: -item[0])
     return [text for _, text in found]
-
-
-def total_fits(total: int, memory: int) -> bool:
-    return total <= memory
 
 
 def _replan(config: Any, plugin: Any, spec: trainer_pb2.TrainingJobSpec, setup: _Setup, registry) -> int:
@@ -754,6 +752,7 @@ def plan_memory(request: trainer_pb2.PlanMemoryRequest, runtime) -> trainer_pb2.
     """TrainerService.PlanMemory: see the module docstring."""
     spec = trainer_pb2.TrainingJobSpec()
     spec.CopyFrom(request.spec)
+    _check_sources(request, spec)
     kind, device_name, memory = _device(request, spec)
     hp = hyperparameters.from_proto(spec.hyperparameters)
     plugin, options, path = _method(spec, runtime.registry)
@@ -786,4 +785,4 @@ def explain(plan: trainer_pb2.MemoryPlan) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["plan_memory", "explain", "DEVICE_MEMORY", "CPU_RUNTIME_BYTES", "CUDA_CONTEXT_BYTES", "NotFound"]
+__all__ = ["plan_memory", "explain", "DEVICE_MEMORY", "CPU_RUNTIME_BYTES", "CUDA_CONTEXT_BYTES"]
