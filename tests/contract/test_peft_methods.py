@@ -339,3 +339,18 @@ def test_typed_configs_map_to_each_plugins_options():
                 method(name).validate(options)
         else:
             method(name).validate(options)
+
+
+def test_a_merge_of_a_prompt_learning_adapter_is_refused_even_without_tunesmith_metadata(tmp_path):
+    """A plain peft folder (no tunesmith-adapter.json) is judged by its peft_type."""
+    from tunesmith.trainer.validation import _refuse_unmergeable
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "PROMPT_TUNING"}))
+    with pytest.raises(FailedPrecondition, match="cannot be merged") as info:
+        _refuse_unmergeable(tmp_path, "artifact://adapter/x", REGISTRY)
+    assert info.value.field == "spec.adapter.uri"
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    _refuse_unmergeable(tmp_path, "artifact://adapter/x", REGISTRY)
+    (tmp_path / "tunesmith-adapter.json").write_text(json.dumps({"method": "prefix_tuning"}))
+    with pytest.raises(FailedPrecondition, match="'prefix_tuning' method"):
+        _refuse_unmergeable(tmp_path, "artifact://adapter/x", REGISTRY)

@@ -176,3 +176,59 @@ def test_two_processes_under_torchrun_train_like_one_with_twice_the_accumulation
     logs = [e.log.message for e in cluster.trainer.StreamTrainingJobEvents(S.JobEventsRequest(job_id=ddp.job.id),
                                                                           timeout=30) if e.WhichOneof("payload") == "log"]
     assert any("2 processes" in m for m in logs), logs
+
+
+def _serve_trainer(root, port):
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "tunesmith.cli.main", "serve", "trainer", "--port", str(port),
+                             "--host", "127.0.0.1", "--storage", str(root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_a_trainer_service_killed_mid_job_continues_the_job_after_its_restart(cluster, dataset_id):
+    """kill -9 of the trainer service itself: its worker stops at once with a checkpoint (its
+    parent is gone); the restarted service continues the job from that checkpoint to SUCCEEDED."""
+    import socket
+
+    from tunesmith.api.trainer.v1 import trainer_pb2_grpc
+    from tunesmith.cli.servers import wait_healthy
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = cluster.runtime.storage.root
+    service = _serve_trainer(root, port)
+    try:
+        assert wait_healthy(f"127.0.0.1:{port}", "trainer", 60)
+        stub = trainer_pb2_grpc.TrainerServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        total = 150
+        job = stub.CreateTrainingJob(trainer_pb2.CreateTrainingJobRequest(spec=trainer_pb2.TrainingJobSpec(
+            base_model="tiny", dataset_id=dataset_id, method=trainer_pb2.MethodSpec(lora=trainer_pb2.LoraConfig(rank=4)),
+            hyperparameters=trainer_pb2.Hyperparameters(max_steps=total, batch_size=2, log_every_steps=1,
+                                                        checkpoint_every_steps=50))), timeout=30)
+        deadline = time.monotonic() + 120
+        while stub.GetTrainingJob(S.GetJobRequest(job_id=job.job.id), timeout=10).job.progress.step < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        service.kill()
+        service.wait()
+        service = _serve_trainer(root, port)
+        assert wait_healthy(f"127.0.0.1:{port}", "trainer", 60)
+        stub = trainer_pb2_grpc.TrainerServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        deadline = time.monotonic() + 300
+        while True:
+            rec = stub.GetTrainingJob(S.GetJobRequest(job_id=job.job.id), timeout=10)
+            if rec.job.state in (S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED):
+                break
+            assert time.monotonic() < deadline, "the job did not finish after the restart"
+            time.sleep(0.2)
+        assert rec.job.state == S.JOB_STATE_SUCCEEDED, rec.job.error
+        assert rec.attempts == 2 and rec.result.steps == total
+        assert [p.step for p in rec.curves.train_loss] == list(range(1, total + 1))
+        logs = [e.log.message for e in stub.StreamTrainingJobEvents(S.JobEventsRequest(job_id=job.job.id), timeout=30)
+                if e.WhichOneof("payload") == "log"]
+        assert any("service restarted" in m and "continuing it from its checkpoint" in m for m in logs), logs
+    finally:
+        service.kill()
+        service.wait()

@@ -46,7 +46,24 @@ def world(cluster, tiny_model_dir, tmp_path_factory):
         time.sleep(0.2)
         served = cluster.inference.GetServedModel(inference_pb2.GetServedModelRequest(name="served"), timeout=10)
     assert served.state == inference_pb2.SERVED_MODEL_STATE_READY, served.error
-    return {"csv": path, "dataset": ds.id}
+    return {"csv": path, "dataset": ds.id, "prefix_adapter": _prefix_adapter(cluster.runtime, "tiny", tiny_model_dir)}
+
+
+def _prefix_adapter(runtime, model: str, model_dir: str) -> str:
+    """A stored prefix-tuning adapter of `model` (its URI): an adapter that cannot be merged."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.core.formats.adapter import AdapterMeta, finalize_adapter
+
+    method = runtime.registry.get("peft_methods", "prefix_tuning")
+    peft_model = method.apply(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+                              {"num_virtual_tokens": 2})
+    with runtime.storage.staging_dir() as stage:
+        method.save(peft_model, stage / "adapter")
+        finalize_adapter(stage / "adapter", AdapterMeta(base_model_uri=runtime.models.get(model).artifact.uri,
+                                                        base_model_name=model, method="prefix_tuning"))
+        return runtime.storage.put_artifact("adapter", stage / "adapter", move=True).uri
 
 
 def _snapshot(storage) -> list[str]:
@@ -120,11 +137,19 @@ CASES = [
     ("trainer", "CreateTrainingJob", lambda w: training(w, method={"lora": {"target_modules": [""]}}), C.INVALID_ARGUMENT, "spec.method.lora.target_modules"),
     ("trainer", "CreateTrainingJob", lambda w: training(w, method={"options": {"rank": 4}}), C.INVALID_ARGUMENT, "spec.method.name"),
     ("trainer", "CreateTrainingJob", lambda w: training(w, method={"name": "lora", "options": {"rank": 4}}), C.INVALID_ARGUMENT, "spec.method.options"),
-    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"qlora": {}}), C.UNIMPLEMENTED, "spec.method.qlora"),
-    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"full": {}}), C.UNIMPLEMENTED, "spec.method.full"),
-    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"ia3": {}}), C.UNIMPLEMENTED, "spec.method.ia3"),
-    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"prefix_tuning": {"num_virtual_tokens": 8}}), C.UNIMPLEMENTED, "spec.method.prefix_tuning"),
-    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"prompt_tuning": {}}), C.UNIMPLEMENTED, "spec.method.prompt_tuning"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"qlora": {"bits": 3}}), C.INVALID_ARGUMENT, "spec.method.qlora.bits"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"qlora": {"quant_type": 9}}), C.INVALID_ARGUMENT, "spec.method.qlora.quant_type"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"qlora": {"compute_dtype": 9}}), C.INVALID_ARGUMENT, "spec.method.qlora.compute_dtype"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"qlora": {"bits": 8, "double_quant": True}}), C.INVALID_ARGUMENT, "spec.method.qlora.double_quant"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"qlora": {"lora": {"rank": -1}}}), C.INVALID_ARGUMENT, "spec.method.qlora.lora.rank"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"full": {}}, merge=True), C.INVALID_ARGUMENT, "spec.merge"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"ia3": {"target_modules": ["k_proj"], "feedforward_modules": ["down_proj"]}}), C.INVALID_ARGUMENT, "spec.method.ia3.feedforward_modules"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"ia3": {"target_modules": [""]}}), C.INVALID_ARGUMENT, "spec.method.ia3.target_modules"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"prefix_tuning": {"num_virtual_tokens": -1}}), C.INVALID_ARGUMENT, "spec.method.prefix_tuning.num_virtual_tokens"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"prefix_tuning": {}}, merge=True), C.INVALID_ARGUMENT, "spec.merge"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"prompt_tuning": {"num_virtual_tokens": 1000}}), C.INVALID_ARGUMENT, "spec.method.prompt_tuning.num_virtual_tokens"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"prompt_tuning": {}}, merge=True), C.INVALID_ARGUMENT, "spec.merge"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, method={"name": "lora", "prompt_tuning": {}}), C.INVALID_ARGUMENT, "spec.method.prompt_tuning"),
     ("trainer", "CreateTrainingJob", lambda w: hp(w, learning_rate=5), C.INVALID_ARGUMENT, "spec.hyperparameters.learning_rate"),
     ("trainer", "CreateTrainingJob", lambda w: hp(w, learning_rate=NAN), C.INVALID_ARGUMENT, "spec.hyperparameters.learning_rate"),
     ("trainer", "CreateTrainingJob", lambda w: hp(w, learning_rate=-1e-4), C.INVALID_ARGUMENT, "spec.hyperparameters.learning_rate"),
@@ -169,6 +194,7 @@ CASES = [
     ("trainer", "CreateMergeJob", lambda w: trainer_pb2.CreateMergeJobRequest(spec={"adapter": {"uri": "artifact://adapter/" + "0" * 64}}), C.NOT_FOUND, "spec.adapter.uri"),
     ("trainer", "CreateMergeJob", lambda w: trainer_pb2.CreateMergeJobRequest(spec={"adapter": {"uri": "/etc/passwd"}}), C.INVALID_ARGUMENT, "spec.adapter.uri"),
     ("trainer", "CreateMergeJob", lambda w: trainer_pb2.CreateMergeJobRequest(spec={"adapter": {"uri": "artifact://adapter/x"}, "dtype": 9}), C.INVALID_ARGUMENT, "spec.dtype"),
+    ("trainer", "CreateMergeJob", lambda w: trainer_pb2.CreateMergeJobRequest(spec={"adapter": {"uri": w["prefix_adapter"]}}), C.FAILED_PRECONDITION, "spec.adapter.uri"),
     ("trainer", "GetMergeJob", lambda w: common_pb2.GetJobRequest(job_id="merge-nope"), C.NOT_FOUND, "job_id"),
     ("trainer", "CancelMergeJob", lambda w: common_pb2.CancelJobRequest(job_id="merge-nope"), C.NOT_FOUND, "job_id"),
     ("trainer", "CancelModelImportJob", lambda w: common_pb2.CancelJobRequest(job_id="model-nope"), C.NOT_FOUND, "job_id"),

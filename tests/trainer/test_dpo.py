@@ -213,7 +213,9 @@ def test_reference_stays_the_original_base_while_the_policy_moves(sft_model_dir,
 def test_dpo_through_the_loop_learns_to_prefer_the_right_intent(sft_model_dir, sft_tokenizer, tmp_path, capsys):
     train_rows = preference_rows(96, seed=0, suffixes=TRAIN_SUFFIXES)
     held_out = preference_rows(32, seed=99, suffixes=HELD_OUT_SUFFIXES)  # a suffix never trained on
-    options = {"beta": 0.1, "loss_type": "sigmoid"}
+    # beta 1: a random-weight model has to move its log-probs by ~beta^-1 nats per pair; with the
+    # default 0.1 a tiny model needs many more steps than a unit test should take.
+    options = {"beta": 1.0, "loss_type": "sigmoid"}
 
     # step 0: policy == reference (LoRA's B starts at 0), so every reward is exactly 0
     model0 = LoraMethod().apply(load(sft_model_dir), {"rank": 8}).eval()
@@ -226,7 +228,7 @@ def test_dpo_through_the_loop_learns_to_prefer_the_right_intent(sft_model_dir, s
     t0 = time.perf_counter()
     result = train(model_path=sft_model_dir, train_rows=train_rows, validation_rows=held_out, method=LoraMethod(),
                    method_options={"rank": 8}, recipe=DpoRecipe(), recipe_options=options,
-                   hp={"epochs": 4, "batch_size": 8, "learning_rate": 1e-2, "seed": 0, "eval_every_steps": 12,
+                   hp={"epochs": 6, "batch_size": 8, "learning_rate": 5e-3, "seed": 0, "eval_every_steps": 12,
                        "num_threads": 1},
                    output_dir=tmp_path, on_event=events.append)
     seconds = time.perf_counter() - t0

@@ -17,6 +17,15 @@ INSTRUCTION = "Route this banking customer message to its intent."
 BASE_MODEL = "smollm2-135m-instruct"
 
 
+def _intents(examples: Path, n: int) -> list[str]:
+    """The demo's 10 intents first, then the other BANKING77 intents in name order, n in all."""
+    import csv
+
+    with open(examples / "train.csv", newline="") as f:
+        every = sorted({row["category"] for row in csv.DictReader(f)})
+    return (INTENTS + [i for i in every if i not in INTENTS])[:n]
+
+
 def _examples_dir() -> Path:
     """examples/banking77 in a checkout (the demo data ships with the repo)."""
     for parent in Path(__file__).resolve().parents:
@@ -73,7 +82,7 @@ def run_demo(args) -> int:
     cluster, addresses = _ensure_services(console, storage, args.base_port)
     try:
         ts = Tunesmith(**addresses)  # the SDK, exactly as a user's script would call the services
-        intents = INTENTS[: args.intents]
+        intents = _intents(examples, args.intents)
 
         # 1. Data -------------------------------------------------------------------------
         console.step(f"registering BANKING77 ({len(intents)} intents) with the data service")
@@ -98,12 +107,15 @@ def run_demo(args) -> int:
                      f"held-out test {eval_rows} rows  (dataset {train.id}, {test.id})")
 
         # 2. Train ------------------------------------------------------------------------
-        console.step("LoRA SFT (r=16, all linear layers, completion-only loss) on the trainer service")
+        console.step(f"LoRA SFT (r={args.rank}, all linear layers, completion-only loss"
+                     + (", packed rows" if args.packing else "") + ") on the trainer service")
         job = ts.trainer.create_job(trainer_pb2.TrainingJobSpec(
             base_model=args.base_model, dataset_id=train.id, train_split="train", validation_split="validation",
-            method=trainer_pb2.MethodSpec(name="lora", lora=trainer_pb2.LoraConfig(rank=16, alpha=32, target_modules=["all-linear"])),
+            method=trainer_pb2.MethodSpec(name="lora", lora=trainer_pb2.LoraConfig(rank=args.rank, alpha=2 * args.rank,
+                                                                                target_modules=["all-linear"])),
             hyperparameters=trainer_pb2.Hyperparameters(epochs=args.epochs, batch_size=8, learning_rate=5e-4,
-                                                        warmup_ratio=0.05, seed=7, max_seq_length=256),
+                                                        warmup_ratio=0.05, seed=7, max_seq_length=256,
+                                                        packing=args.packing),
             merge=True))
         job_id = job.job.id
         _follow_training(console, ts.trainer, job_id)
@@ -122,7 +134,8 @@ def run_demo(args) -> int:
             dataset_id=test.id, split="validation", benchmarks=["exact_match"], baseline="base",
             models=[evaluator_pb2.ModelUnderTest(label="base", model=args.base_model),
                     evaluator_pb2.ModelUnderTest(label="tuned", model=result.merged_model.uri)],
-            generation=evaluator_pb2.GenerationConfig(max_new_tokens=12, batch_size=50, stop=["\n"]),
+            # max_new_tokens 0: the evaluator sizes it from the longest label, in tokens
+            generation=evaluator_pb2.GenerationConfig(batch_size=50, stop=["\n"]),
             keep_samples=eval_rows))
         _follow_evaluation(console, ts.evaluator, ev.job.id)
         ev = ts.evaluator.get_evaluation(ev.job.id)

@@ -87,6 +87,20 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _intent_count(text: str) -> int:
+    import argparse
+
+    if text == "all":
+        return 77
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--intents takes a number from 1 to 77 or 'all', got {text!r}") from None
+    if not 1 <= n <= 77:
+        raise argparse.ArgumentTypeError(f"--intents takes a number from 1 to 77 or 'all', got {n}")
+    return n
+
+
 def cmd_demo(args) -> int:
     from tunesmith.cli.demo import run_demo
 
@@ -126,10 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="fine-tune the bundled model on BANKING77 routing, end to end")
     d.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     d.add_argument("--storage", default=None)
-    d.add_argument("--intents", type=int, default=10)
+    d.add_argument("--intents", type=_intent_count, default=10,
+                   help="how many BANKING77 intents (1-77), or 'all' (default 10)")
     d.add_argument("--train-rows", type=int, default=500)
-    d.add_argument("--eval-rows", type=int, default=200)
+    d.add_argument("--eval-rows", type=int, default=200, help="held-out test rows (0: the whole test split)")
     d.add_argument("--epochs", type=int, default=2)
+    d.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+    d.add_argument("--packing", action="store_true", help="pack rows into full sequences while training")
     d.add_argument("--no-serve", action="store_true", help="skip serving the tuned model")
     d.add_argument("--base-model", default="smollm2-135m-instruct", help="model-store name of the base model")
     d.add_argument("--base-port", type=int, default=0, help="start services on base..base+3 (default 50051-50054)")

@@ -19,6 +19,11 @@ Contracts:
 - Stratified orders interleave labels so that every prefix keeps the label proportions (within
   one row per label); the validation split, the caps and the nested subsets are prefixes of
   such orders, which is what makes nested subsets nest.
+- Preference rows (prompt, chosen, rejected) come in TRL's standard form (text) or its
+  conversational form: the prompt a list of {role, content} messages (or a JSON string of one,
+  e.g. in a CSV cell), each answer text or one assistant message. A chat-form prompt renders only
+  with a template that needs a tokenizer ("chat"): the conversation plus each answer as the
+  assistant's turn; it is kept normalised in the example's fields.
 - Token statistics (when a tokenizer is given) count the prompt as the trainer and the inference
   backends tokenize it (tunesmith.core.tokens.encode_prompts: the tokenizer's special tokens, but
   no second BOS for a prompt that already starts with one, e.g. a rendered chat template) and the
@@ -260,8 +265,10 @@ def _text_value(value: Any) -> tuple[str | None, str | None, str]:
     return value, None, ""
 
 
-def _messages_value(value: Any) -> tuple[list[dict[str, str]] | None, str | None, str]:
-    """Normalise OpenAI or ShareGPT messages (a list or a JSON string) to [{role, content}]."""
+def _messages_value(value: Any, *, prompt: bool = False) -> tuple[list[dict[str, str]] | None, str | None, str]:
+    """Normalise OpenAI or ShareGPT messages (a list or a JSON string) to [{role, content}].
+    prompt: the messages before an answer (a preference row's chat-form prompt), so the last one
+    must not be the assistant's."""
     if value is None:
         return None, "empty_value", "empty value"
     if isinstance(value, str):
@@ -290,11 +297,53 @@ def _messages_value(value: Any) -> tuple[list[dict[str, str]] | None, str | None
         if not content.strip():
             return None, "empty_value", f"message {i} has empty content"
         out.append({"role": CHAT_ROLES[role.lower()], "content": content})
+    if prompt:
+        if out[-1]["role"] == "assistant":
+            return None, "bad_value", "a chat-form prompt must end before the answer, not with an assistant message"
+        if not any(m["role"] == "user" for m in out):
+            return None, "bad_value", "a chat-form prompt needs a user message"
+        return out, None, ""
     if out[-1]["role"] != "assistant":
         return None, "bad_value", f"the last message must be the assistant's answer, got role {out[-1]['role']!r}"
     if len(out) < 2 or all(m["role"] == "system" for m in out[:-1]):
         return None, "bad_value", "a conversation needs a user message before the assistant's answer"
     return out, None, ""
+
+
+def _preference_value(canonical: str, value: Any) -> tuple[Any, str | None, str]:
+    """A preference row's prompt, chosen or rejected, in TRL's standard or conversational form:
+    the prompt is text or a list of messages; an answer is text or one assistant message
+    ({role, content}, alone or in a one-item list), normalised to its text. Messages may come as
+    a JSON string (a CSV cell); text that merely looks like JSON stays text."""
+    if canonical == "prompt":
+        if isinstance(value, str) and value.strip().startswith("[") and value.strip().endswith("]"):
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError:
+                parsed = None  # text that merely looks like a list
+            if isinstance(parsed, list) and parsed and all(isinstance(m, dict) for m in parsed):
+                value = parsed
+        if isinstance(value, list):
+            return _messages_value(value, prompt=True)
+        return _text_value(value)
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = None
+        one = parsed[0] if isinstance(parsed, list) and len(parsed) == 1 else parsed
+        if isinstance(one, dict) and ("role" in one or "from" in one):
+            value = one  # a message as a JSON string (a CSV cell); other JSON stays text
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        value = value[0]
+    if isinstance(value, dict):
+        role, content = value.get("role", value.get("from")), value.get("content", value.get("value"))
+        if not isinstance(role, str) or CHAT_ROLES.get(role.lower()) != "assistant":
+            return None, "bad_value", f"an answer given as a message must be the assistant's, got role {role!r}"
+        return _text_value(content)
+    if isinstance(value, list):
+        return None, "bad_type", "expected the answer as text or one assistant message, got a list"
+    return _text_value(value)
 
 
 def _validate_row(number: int, raw: dict[str, Any], spec: PrepareSpec, resolved: dict[str, str],
@@ -312,6 +361,8 @@ def _validate_row(number: int, raw: dict[str, Any], spec: PrepareSpec, resolved:
         value = raw[column]
         if canonical == "messages":
             parsed, code, message = _messages_value(value)
+        elif spec.schema == "preference" and canonical in ("prompt", "chosen", "rejected"):
+            parsed, code, message = _preference_value(canonical, value)
         else:
             parsed, code, message = _text_value(value)
             if not is_required and code == "empty_value":
@@ -421,7 +472,16 @@ def _render(valid: list[tuple[int, dict[str, Any]]], spec: PrepareSpec, template
     name = spec.resolved_template
     for number, fields in valid:
         try:
-            if spec.schema == "preference":
+            if spec.schema == "preference" and isinstance(fields.get("prompt"), list):
+                # A chat-form prompt: the conversation, then each answer as the assistant's turn.
+                if not template.needs_tokenizer:
+                    raise ValueError("the prompt is a list of chat messages: render it with the 'chat' "
+                                     "template (and a tokenizer_model)")
+                chosen = {"messages": fields["prompt"] + [{"role": "assistant", "content": fields["chosen"]}]}
+                rejected = {"messages": fields["prompt"] + [{"role": "assistant", "content": fields["rejected"]}]}
+                prompt, completion = _render_one(template, chosen, spec.template_options, tokenizer)
+                _, rejected_text = _render_one(template, rejected, spec.template_options, tokenizer)
+            elif spec.schema == "preference":
                 chosen = {**fields, "completion": fields["chosen"], "output": fields["chosen"]}
                 rejected = {**fields, "completion": fields["rejected"], "output": fields["rejected"]}
                 prompt, completion = _render_one(template, chosen, spec.template_options, tokenizer)

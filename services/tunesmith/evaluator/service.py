@@ -19,6 +19,18 @@ from tunesmith.evaluator.validation import DEFAULT_BACKEND, accept_evaluation_re
 log = logging.getLogger("tunesmith.evaluator")
 
 
+def longest_reference_tokens(model_path, references: list[str]) -> int:
+    """Tokens the longest reference takes in the model's tokenizer, plus one for the stop token,
+    so generation never cuts the longest label (at most 4096)."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.core.tokens import encode_completions
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    longest = max((len(ids) for ids in encode_completions(tokenizer, [" " + r for r in references])), default=0)
+    return max(1, min(4096, longest + 1))
+
+
 class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
     def __init__(self, runtime: Runtime):
         self.rt = runtime
@@ -51,6 +63,7 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
         gen = spec.generation
         sampling = Sampling(max_new_tokens=gen.max_new_tokens or 16, temperature=gen.temperature,
                             top_p=gen.top_p or 1.0, stop=list(gen.stop) or ["\n"], seed=gen.seed)
+        auto_length = not gen.max_new_tokens
         batch = gen.batch_size or 32
         benchmarks = {name: self.rt.registry.get("benchmarks", name) for name in spec.benchmarks}
         outputs: dict[str, list[str]] = {}
@@ -61,7 +74,12 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
         done = 0
         for m in spec.models:
             control.log(f"loading {m.label} ({m.model}) with {spec.backend}")
-            loaded = backend.load(self.rt.models.local_path(m.model))
+            model_path = self.rt.models.local_path(m.model)
+            if auto_length:
+                sampling.max_new_tokens = longest_reference_tokens(model_path, references)
+                control.log(f"max_new_tokens {sampling.max_new_tokens}: the longest reference in this model's "
+                            "tokens, plus its end-of-answer token")
+            loaded = backend.load(model_path)
             try:
                 texts: list[str] = []
                 start = time.perf_counter()

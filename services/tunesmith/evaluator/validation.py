@@ -23,7 +23,7 @@ _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def check_generation(v: Violations, g: evaluator_pb2.GenerationConfig, prefix: str = "spec.generation") -> None:
-    check_int(v, g.max_new_tokens, f"{prefix}.max_new_tokens", 1, 4096, zero_means="16")
+    check_int(v, g.max_new_tokens, f"{prefix}.max_new_tokens", 1, 4096, zero_means="the longest reference's length in tokens, plus 1")
     check_float(v, g.temperature, f"{prefix}.temperature", 0.0, 2.0)
     check_float(v, g.top_p, f"{prefix}.top_p", 0.0, 1.0, lo_open=True, zero_means="1.0")
     check_int(v, g.batch_size, f"{prefix}.batch_size", 1, 1024, zero_means="32")

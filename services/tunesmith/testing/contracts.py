@@ -2,7 +2,7 @@
 
 One check per kind (as peft's test matrix runs every tuner through the same tests):
 
-    check_peft_method(method, model_factory=tiny_llama)
+    check_peft_method(method, model_factory=None, model_dir=None)
     check_template(template, schemas=None, tokenizer=None)
     check_benchmark(benchmark)
     check_storage_backend(factory, root)

@@ -47,8 +47,8 @@ activations_bytes (what autograd keeps for the backward pass, plus the loss's pe
         their input, gate/up theirs): full: the group's input once in e (for o_proj: nothing
         more, SDPA keeps it), and h x e per trained norm; LoRA: the module's input in the
         adapter's dtype (one shared copy when that is e, one fp32 copy per module on a 16-bit
-        base, where peft casts the input), x (4 + 1) per module with dropout > 0 (output and
-        mask), + r x 4 (lora_A's output);
+        base, where peft casts the input), x 2 per module with dropout > 0 (its output, and its
+        mask: a float tensor on the CPU, a bool one on CUDA), + r x 4 (lora_A's output);
       eager attention (attn_implementation "eager") adds B x a x S^2 x (4 + e) per layer (the
         fp32 softmax and its cast); SDPA keeps no S^2 tensor.
     Outside the layers, per token: h x 4 (final norm input) + h x e more for a trained final
@@ -599,8 +599,8 @@ def _layer_bytes_per_token(f: _Facts) -> float:
                 total += m.in_features * e
             shared.add(m.group)
             continue
-        if m.dropout > 0:
-            total += m.in_features * (m.adapter_bytes + 1)
+        if m.dropout > 0:  # dropout's output, and its mask (a float "noise" tensor on the CPU)
+            total += m.in_features * 2 * m.adapter_bytes
         elif m.adapter_bytes == e:
             if m.group not in shared and m.group != "attn_out":
                 total += m.in_features * e
@@ -612,8 +612,10 @@ def _layer_bytes_per_token(f: _Facts) -> float:
 
 
 def _activation_parts(f: _Facts, batch: int, seq: int, checkpointing: bool) -> dict[str, int]:
-    """The activation estimate by part: "saved" (what autograd keeps: the layers and the final
-    norm/head), "loss" (the logits' peak) and "working" (transient backward buffers)."""
+    """The activation estimate by part: "saved" (what the forward pass leaves for autograd: the
+    layers, or with checkpointing their inputs, and the final norm/head), "recompute" (with
+    checkpointing: one layer's activations, rebuilt during its backward), "loss" (the logits'
+    peak) and "working" (transient backward buffers)."""
     e, h = f.element, f.hidden
     positions = seq + f.virtual_tokens
     tokens = batch * positions
@@ -621,9 +623,9 @@ def _activation_parts(f: _Facts, batch: int, seq: int, checkpointing: bool) -> d
     if f.eager:
         layer += batch * f.heads * positions * positions * (4 + e if e < 4 else 4)
     head = tokens * (h * 4 + (h * e if f.final_norm_trained else 0) + (h * e if f.head_trained else 0))
-    saved = f.layers * tokens * h * e + layer if checkpointing else f.layers * layer
-    return {"saved": int(saved + head), "loss": int(tokens * f.vocab * LOSS_BYTES_PER_LOGIT),
-            "working": int(tokens * 2 * (h + f.intermediate) * e)}
+    saved = f.layers * tokens * h * e if checkpointing else f.layers * layer
+    return {"saved": int(saved + head), "recompute": int(layer) if checkpointing else 0,
+            "loss": int(tokens * f.vocab * LOSS_BYTES_PER_LOGIT), "working": int(tokens * 2 * (h + f.intermediate) * e)}
 
 
 def _activation_bytes(f: _Facts, batch: int, seq: int, checkpointing: bool) -> int:

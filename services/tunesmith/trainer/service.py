@@ -27,6 +27,38 @@ log = logging.getLogger("tunesmith.trainer")
 DEFAULT_MAX_RESTARTS = 3
 
 
+def _add_to_curves(record: trainer_pb2.TrainingJob, event) -> None:
+    """Add a worker event's loss to the job's curves: a train progress event's loss, or a
+    validation metrics event's loss."""
+    d = event.data
+    if event.type == "progress" and d.get("phase") == "train" and isinstance(d.get("loss"), (int, float)):
+        record.curves.train_loss.add(step=int(d.get("step", 0)), loss=float(d["loss"]))
+    elif event.type == "metrics" and d.get("name") == "validation":
+        values = d.get("values") or {}
+        if isinstance(values.get("loss"), (int, float)):
+            record.curves.validation_loss.add(step=int(values.get("step", 0)), loss=float(values["loss"]))
+
+
+def _curves_from_worker_events(storage, record: trainer_pb2.TrainingJob) -> None:
+    """Rebuild the job's curves from worker-events.jsonl (what a killed service had not saved);
+    later attempts' points replace earlier ones of the same step."""
+    from tunesmith.core.formats import FormatError
+    from tunesmith.core.formats.worker import EVENTS_FILE, WorkerEvent, job_key
+
+    path = storage.path(job_key(record.job.id, EVENTS_FILE))
+    if not path.is_file():
+        return
+    record.ClearField("curves")
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            event = WorkerEvent.from_line(line, str(path))
+        except FormatError:
+            continue
+        if event.type == "progress" and event.data.get("phase") == "train":
+            _trim_curves(record, int(event.data.get("step", 0)) - 1)
+        _add_to_curves(record, event)
+
+
 def _trim_curves(record: trainer_pb2.TrainingJob, step: int) -> None:
     """Drop loss-curve points after `step`: a resumed attempt redoes those steps."""
     for curve in (record.curves.train_loss, record.curves.validation_loss):
@@ -35,21 +67,30 @@ def _trim_curves(record: trainer_pb2.TrainingJob, step: int) -> None:
         curve.extend(keep)
 
 
-def _wait_for_pid(storage, key: str, timeout: float = 60.0) -> None:
-    """Wait until the process whose pid is stored at `key` is gone (SIGKILL it after `timeout`)."""
+def _wait_for_old_worker(storage, job_id: str, timeout: float = 60.0) -> None:
+    """Wait until the job's previous worker (pid in worker.pid) is gone, SIGKILLing its process
+    group after `timeout`. A pid now used by another program (its command line does not name the
+    job) is left alone."""
     import os
     import signal
 
+    from tunesmith.core.formats.worker import PID_FILE, job_key
+
     try:
-        pid = int(storage.read_bytes(key).decode().strip())
+        pid = int(storage.read_bytes(job_key(job_id, PID_FILE)).decode().strip())
     except Exception:  # noqa: BLE001 - no pid file: nothing to wait for
         return
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def alive() -> bool:
         try:
-            os.kill(pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return job_id in cmdline and state != "Z"
+
+    deadline = time.monotonic() + timeout
+    while alive():
         if time.monotonic() > deadline:
             try:
                 os.killpg(pid, signal.SIGKILL)
@@ -57,6 +98,7 @@ def _wait_for_pid(storage, key: str, timeout: float = 60.0) -> None:
                 pass
             return
         time.sleep(0.2)
+
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self, runtime: Runtime, *, max_concurrent_jobs: int = 1):
@@ -108,6 +150,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             for name in (ERROR_FILE, RESULT_FILE):
                 storage.delete(job_key(job_id, name))
             record.attempts += 1
+            control.save()  # a service restarted mid-attempt counts it
             code = self._run_attempt(record, control)
             if control.cancelled.is_set():
                 raise JobCancelled()
@@ -121,6 +164,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             tail = log_path.read_text(errors="replace")[-600:] if log_path.is_file() else ""
             if restarts < max_restarts:
                 restarts += 1
+                self._refresh_checkpoint(record)
                 where = (f"its checkpoint at step {record.latest_checkpoint_step}" if record.latest_checkpoint.uri
                          else "the start (no checkpoint yet)")
                 control.log(f"the training process died (exit code {code}); restarting from {where} "
@@ -158,6 +202,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         from tunesmith.core.formats.worker import EVENTS_FILE, LOG_FILE, PID_FILE, job_key
 
         spec, job_id, storage = record.spec, record.job.id, self.rt.storage
+        _wait_for_old_worker(storage, job_id)
         worker_input = self._worker_input(record)
         _trim_curves(record, record.latest_checkpoint_step if worker_input.resume_from else 0)
         worker_input.write(storage, job_id)
@@ -194,22 +239,35 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             self.handles.pop(job_id, None)
         return code
 
+    def _refresh_checkpoint(self, record: trainer_pb2.TrainingJob) -> None:
+        """Take the newest checkpoint the worker wrote (latest-checkpoint.json), in case its last
+        event was not forwarded before it died."""
+        from tunesmith.core.formats.worker import LatestCheckpoint
+
+        try:
+            latest = LatestCheckpoint.read(self.rt.storage, record.job.id)
+        except TunesmithError:
+            return
+        if latest.step > record.latest_checkpoint_step or not record.latest_checkpoint.uri:
+            record.latest_checkpoint.CopyFrom(artifact_ref(self.rt.storage.artifact(latest.uri)))
+            record.latest_checkpoint_step = latest.step
+
     def _recover(self, record: trainer_pb2.TrainingJob) -> str:
         """At start-up, for a job left unfinished by a previous service: why and how it continues,
-        or "" to fail it. Waits for the old worker (which stops, with a checkpoint, once its parent
-        is gone) to exit first."""
-        from tunesmith.core.formats.worker import LatestCheckpoint, PID_FILE, job_key
+        or "" to fail it. The old worker stops (with a checkpoint) once its parent is gone; the
+        next attempt waits for it to exit before starting."""
+        from tunesmith.core.formats.worker import LatestCheckpoint
 
         if record.spec.retry.disabled:
             return ""
         storage = self.rt.storage
-        _wait_for_pid(storage, job_key(record.job.id, PID_FILE))
         try:
             latest = LatestCheckpoint.read(storage, record.job.id)
         except Exception:  # noqa: BLE001 - no (readable) checkpoint: start over
             return "restarting it from the start (no checkpoint)"
         record.latest_checkpoint.CopyFrom(artifact_ref(storage.artifact(latest.uri)))
         record.latest_checkpoint_step = latest.step
+        _curves_from_worker_events(storage, record)
         return f"continuing it from its checkpoint at step {latest.step}"
 
     def _forward_events(self, path, offset: int, record, control: JobControl) -> int:
@@ -233,15 +291,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 continue
             if event.type == "progress":
                 control.progress(**event.data)
-                if event.data.get("phase") == "train" and isinstance(event.data.get("loss"), (int, float)):
-                    record.curves.train_loss.add(step=int(event.data.get("step", 0)), loss=float(event.data["loss"]))
+                _add_to_curves(record, event)
             elif event.type == "metrics":
                 values = {k: float(v) for k, v in (event.data.get("values") or {}).items()
                           if isinstance(v, (int, float))}
-                name = str(event.data.get("name", ""))
-                control.metrics(name, values)
-                if name == "validation" and "loss" in values:
-                    record.curves.validation_loss.add(step=int(values.get("step", 0)), loss=values["loss"])
+                control.metrics(str(event.data.get("name", "")), values)
+                _add_to_curves(record, event)
             elif event.type == "checkpoint":
                 uri = str(event.data.get("uri", ""))
                 try:
@@ -308,12 +363,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return self.jobs.cancel(request.job_id)
 
     def ResumeTrainingJob(self, request, context):
-        ref = accept_resume_request(request, self.rt)
+        named = accept_resume_request(request, self.rt)
+        ref = named[0] if named else None
 
         def prepare(record: trainer_pb2.TrainingJob) -> None:
-            if ref is not None:
-                record.latest_checkpoint.CopyFrom(ref)
-                record.latest_checkpoint_step = 0  # read from the checkpoint by the worker
+            if named is not None:
+                record.latest_checkpoint.CopyFrom(named[0])
+                record.latest_checkpoint_step = named[1]
             elif not record.latest_checkpoint.uri:
                 raise FailedPrecondition(f"job {record.job.id} has no checkpoint to resume from; start a new job",
                                          field="job_id")

@@ -250,7 +250,8 @@ def _check_recipe(spec: trainer_pb2.TrainingJobSpec, registry):
 
 
 def _check_checkpoint(runtime, uri: str, path: str, expect: dict[str, Any]):
-    """A stored checkpoint artifact whose metadata reads and matches `expect`; its ArtifactRef."""
+    """A stored checkpoint artifact whose metadata reads and matches `expect`: (its ArtifactRef,
+    its step)."""
     from tunesmith.core.formats import FormatError
     from tunesmith.core.formats.checkpoint import identity_mismatch, read_meta
     from tunesmith.core.records import artifact_ref
@@ -273,12 +274,13 @@ def _check_checkpoint(runtime, uri: str, path: str, expect: dict[str, Any]):
     problem = identity_mismatch(meta.identity, expect)
     if problem:
         raise FailedPrecondition(f"{uri} belongs to another run: {problem}", field=path, code="bad_checkpoint")
-    return artifact_ref(runtime.storage.artifact(uri))
+    return artifact_ref(runtime.storage.artifact(uri)), meta.step
 
 
 def accept_resume_request(request: trainer_pb2.ResumeTrainingJobRequest, runtime):
     """ResumeTrainingJob's checks: the checkpoint (when named) is a stored, readable checkpoint;
-    its ArtifactRef, or None for "the job's latest". The job's state is checked by the job manager."""
+    (its ArtifactRef, its step), or None for "the job's latest". The job's state is checked by the
+    job manager."""
     if not request.job_id:
         raise InvalidArgument("is required", field="job_id")
     if not request.checkpoint:
