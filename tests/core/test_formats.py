@@ -203,17 +203,24 @@ def test_a_report_writer_failing_midway_stores_nothing(storage):
 def test_worker_files_round_trip(storage):
     inp = worker_fmt.WorkerInput(base_model=MODEL_URI, dataset=DATASET_URI, validation_split="validation",
                                  method_options={"rank": 4}, hyperparameters={"epochs": 1}, merge=True,
-                                 base_model_name="tiny")
+                                 base_model_name="tiny", recipe="dpo", recipe_options={"beta": 0.2},
+                                 resume_from=f"artifact://checkpoint/{'c' * 64}")
     inp.write(storage, "train-1")
     assert worker_fmt.WorkerInput.read(storage, "train-1") == inp
     adapter = Artifact(f"artifact://adapter/{'a' * 64}", "a" * 64, "adapter", 9)
-    result = worker_fmt.WorkerResult.from_training(adapter, None, {
-        "adapter_dir": "/staging/x", "train_seconds": 1.5, "steps": 3, "stopped_early": True,
-        "best_validation_loss": None, "final_train_loss": 0.25})
+    result = worker_fmt.WorkerResult.from_training({
+        "output_dir": "/staging/x", "train_seconds": 1.5, "steps": 3, "stopped_early": True,
+        "best_validation_loss": None, "final_train_loss": 0.25, "final_metrics": {"rewards/accuracies": 0.9}},
+        adapter=adapter)
     result.write(storage, "train-1")
     got = worker_fmt.WorkerResult.read(storage, "train-1")
     assert got == result and got.steps == 3 and got.stopped_early is True and got.merged_model is None
-    assert "adapter_dir" not in storage.read_json("jobs/train-1/worker-result.json")
+    assert got.final_metrics == {"rewards/accuracies": 0.9} and got.model is None
+    assert "output_dir" not in storage.read_json("jobs/train-1/worker-result.json")
+    with pytest.raises(InvalidArgument):  # exactly one of adapter and model
+        worker_fmt.WorkerResult.from_training({}, adapter=adapter, model=adapter)
+    worker_fmt.LatestCheckpoint(f"artifact://checkpoint/{'c' * 64}", 12).write(storage, "train-1")
+    assert worker_fmt.LatestCheckpoint.read(storage, "train-1").step == 12
     worker_fmt.WorkerError("out_of_memory", "too big").write(storage, "train-1")
     assert worker_fmt.WorkerError.read(storage, "train-1") == worker_fmt.WorkerError("out_of_memory", "too big")
     for e in ({"type": "progress", "phase": "train", "step": 2, "time": 7.0},

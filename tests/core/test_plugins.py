@@ -29,7 +29,10 @@ class Method:
     """A minimal PeftMethod."""
 
     supports_merge = False
+    servable_by_vllm = False
     quantized_base = False
+    artifact_kind = "adapter"
+    prompt_learning = False
 
     def __init__(self, name="lora"):
         self.name = name
@@ -42,6 +45,12 @@ class Method:
 
     def apply(self, model, options):
         return model
+
+    def parameter_counts(self, model):
+        return 0, 0
+
+    def save(self, model, folder):
+        pass
 
 
 class Template:
@@ -174,13 +183,17 @@ def test_an_empty_object_is_refused_naming_every_member(kind):
 
 def test_missing_methods_are_listed_in_declaration_order():
     class Partial:
-        name, supports_merge, quantized_base = "foo", True, False
+        name, supports_merge, servable_by_vllm, quantized_base = "foo", True, True, False
+        artifact_kind, prompt_learning = "adapter", False
 
         def load_kwargs(self, options, device):
             return {}
 
+        def save(self, model, folder):
+            pass
+
     assert refusal("peft_methods", Partial()).startswith(
-        "plugin 'acme' registered peft_methods entry 'foo' which lacks validate, apply (")
+        "plugin 'acme' registered peft_methods entry 'foo' which lacks validate, apply, parameter_counts (")
 
 
 def test_wrong_signatures_types_and_non_callables_are_refused():

@@ -381,6 +381,84 @@ def _check_rendered(what: str, rendered: Any) -> None:
     _require(completion.strip(), f"{what} rendered an empty completion")
 
 
+def check_training_recipe(recipe: Any, model_dir: str | os.PathLike[str], rows: Sequence[dict],
+                          validation_rows: Sequence[dict], tmp_dir: str | os.PathLike[str], *,
+                          hyperparameters: dict[str, Any] | None = None, options: dict[str, Any] | None = None) -> None:
+    """A TrainingRecipe keeps its contract, run by the real training loop with LoRA.
+
+    - validate_options({}) is a dict that validates to itself; an unknown option is refused with
+      InvalidArgument whose field is the option key.
+    - train_batches(epoch, seed) is deterministic and every batch carries int n_items > 0 and
+      n_tokens > 0.
+    - Training `rows` (dicts with at least recipe.row_fields) lowers the training loss, and
+      evaluate() on `validation_rows` reports a finite "loss".
+    - A run stopped at a checkpoint and resumed from it ends with the uninterrupted run's final
+      loss (the recipe's batches and state survive a restart).
+    """
+    import shutil
+
+    from tunesmith.core.errors import InvalidArgument
+    from tunesmith.trainer.loop import TrainingCancelled, train
+    from tunesmith_builtin.peft_lora import LoraMethod
+
+    what = f"training recipe {_label(recipe)}"
+    check_conforms(recipe, c.TrainingRecipe, what)
+    defaults = recipe.validate_options({})
+    _require(isinstance(defaults, dict) and recipe.validate_options(dict(defaults)) == defaults,
+             f"{what}: validate_options({{}}) must give defaults that validate to themselves")
+    err = _raises(lambda: recipe.validate_options({**defaults, "no_such_option": 1}), (InvalidArgument,),
+                  f"{what}: validate_options with an unknown key")
+    _require(getattr(err, "field", "") == "no_such_option", f"{what}: an unknown option's field is {err.field!r}")
+    missing = [f for f in recipe.row_fields if any(f not in r for r in rows)]
+    _require(not missing, f"{what}: the rows given lack {missing}")
+
+    tmp = Path(tmp_dir)
+    hp = {"epochs": 2, "batch_size": 4, "learning_rate": 5e-3, "seed": 3, "num_threads": 1, "device": "cpu",
+          "checkpoint_every_steps": 2, **(hyperparameters or {})}
+    opts = dict(options or {})
+
+    def run(out: Path, stop_after: int = 0, resume_from: Path | None = None):
+        saved: list[Path] = []
+        steps: list[int] = []
+
+        def on_event(e: dict) -> None:
+            if e["type"] == "progress":
+                steps.append(e["step"])
+
+        def sink(folder: Path, step: int) -> None:
+            saved.append(Path(shutil.copytree(folder, out / f"ckpt-{step}")))
+
+        result = train(model_path=str(model_dir), train_rows=list(rows), validation_rows=list(validation_rows),
+                       method=LoraMethod(), method_options={"rank": 4}, recipe=recipe, recipe_options=opts,
+                       hp=hp, output_dir=out, on_event=on_event, checkpoint_sink=sink, resume_from=resume_from,
+                       should_stop=lambda: bool(stop_after) and bool(steps) and steps[-1] >= stop_after)
+        return result, saved
+
+    full, _ = run(tmp / "full")
+    _require(full["steps"] >= 4, f"{what}: the contract rows gave only {full['steps']} steps")
+    _require(full["final_train_loss"] < full["first_train_loss"],
+             f"{what}: training did not lower the loss ({full['first_train_loss']} -> {full['final_train_loss']})")
+    loss = full["final_metrics"].get("loss")
+    _require(isinstance(loss, float) and math.isfinite(loss), f"{what}: evaluate() gave no finite 'loss': "
+                                                                 f"{full['final_metrics']}")
+    batches = [(b["n_items"], b["n_tokens"]) for b in recipe.train_batches(1, 3)]
+    _require(batches == [(b["n_items"], b["n_tokens"]) for b in recipe.train_batches(1, 3)],
+             f"{what}: train_batches(1, 3) differs between calls")
+    _require(all(isinstance(n, int) and isinstance(t, int) and n > 0 and t > 0 for n, t in batches),
+             f"{what}: every batch needs int n_items > 0 and n_tokens > 0: {batches[:3]}")
+    try:
+        run(tmp / "stopped", stop_after=3)
+        raise ContractViolation(f"{what}: should_stop() did not stop training")
+    except TrainingCancelled:
+        pass
+    checkpoints = sorted((tmp / "stopped").glob("ckpt-*"), key=lambda p: int(p.name.split("-")[1]))
+    _require(checkpoints and checkpoints[-1].name == "ckpt-3", f"{what}: no checkpoint at the stop (step 3)")
+    resumed, _ = run(tmp / "resumed", resume_from=checkpoints[-1])
+    _require(abs(resumed["final_train_loss"] - full["final_train_loss"]) <= 1e-4 * max(1.0, abs(full["final_train_loss"])),
+             f"{what}: resumed from step 3 it ends at loss {resumed['final_train_loss']}, the uninterrupted run "
+             f"at {full['final_train_loss']}")
+
+
 def check_template(template: Any, *, schemas: Iterable[str] | None = None, tokenizer: Any = None,
                    options: dict[str, Any] | None = None) -> None:
     """A PromptTemplate keeps its contract.
@@ -781,6 +859,7 @@ CHECKS: dict[str, Callable[..., None]] = {
     "storage_backends": check_storage_backend,
     "inference_backends": check_inference_backend,
     "training_executors": check_training_executor,
+    "training_recipes": check_training_recipe,
 }
 
 
@@ -813,7 +892,8 @@ def plugin_cases(registry: Any = None, *, plugin: str | Iterable[str] | None = N
 
 def check_plugin(case: PluginCase, tmp_path: str | os.PathLike[str], *, model_dir: str | None = None,
                  model_factory: Callable[[], Any] | None = None, tokenizer: Any = None,
-                 schemas: Iterable[str] | None = None, adapter: bool = True) -> None:
+                 schemas: Iterable[str] | None = None, adapter: bool = True,
+                 recipe_rows: tuple[Sequence[dict], Sequence[dict]] | None = None) -> None:
     """Run the check for case.kind on case.obj.
 
     tmp_path: a scratch folder (storage roots, executor logs, adapters).
@@ -822,6 +902,8 @@ def check_plugin(case: PluginCase, tmp_path: str | os.PathLike[str], *, model_di
     model_factory: builds the model PEFT methods are applied to (default: from model_dir, else
         tiny_llama; see check_peft_method for quantized_base methods).
     tokenizer, schemas: for templates (see check_template).
+    recipe_rows: (train, validation) rows with the recipe's row_fields, tokenisable by
+        model_dir's tokenizer, for training recipes (skipped without them).
     Backends in SLOW_INFERENCE_BACKENDS are skipped unless TUNESMITH_CONTRACT_VLLM=1.
     """
     tmp = Path(tmp_path)
@@ -843,5 +925,10 @@ def check_plugin(case: PluginCase, tmp_path: str | os.PathLike[str], *, model_di
             _skip(f"inference backend {case.name!r}: no model_dir given to check_plugin")
         adapter_dir = tiny_lora_adapter(model_dir, tmp / f"adapter-{case.name}") if adapter else None
         check_inference_backend(case.obj, model_dir, adapter_dir=adapter_dir)
+    elif case.kind == "training_recipes":
+        if model_dir is None or not recipe_rows:
+            _skip(f"training recipe {case.name!r}: check_plugin needs model_dir and recipe_rows "
+                  "(train, validation) for it")
+        check_training_recipe(case.obj, model_dir, recipe_rows[0], recipe_rows[1], tmp / f"recipe-{case.name}")
     else:
         raise ContractViolation(f"no contract check for registry kind {case.kind!r}")
