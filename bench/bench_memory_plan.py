@@ -283,6 +283,9 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--json", action="store_true", help="also print one JSON line with every figure")
+    p.add_argument("--mmap-threshold", type=int, default=0,
+                   help="run the training subprocesses with MALLOC_MMAP_THRESHOLD_=N (e.g. 131072): glibc then "
+                        "returns every freed block of N bytes or more at once, so the peak RSS is the live peak")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--options", default="{}", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -306,7 +309,8 @@ def main() -> int:
     runtime = SimpleNamespace(storage=storage, registry=registry, models=models)
     for note in notes:
         print(f"note: {note}")
-    print(f"model {entry.name} ({model_dir}); batch {a.batch_size} x {a.seq}, {a.steps} AdamW steps, CPU float32")
+    print(f"model {entry.name} ({model_dir}); batch {a.batch_size} x {a.seq}, {a.steps} AdamW steps, CPU float32"
+          + (f"; MALLOC_MMAP_THRESHOLD_={a.mmap_threshold}" if a.mmap_threshold else "; default glibc malloc"))
 
     rows = []
     for label in [m.strip() for m in a.methods.split(",") if m.strip()]:
@@ -315,7 +319,10 @@ def main() -> int:
         cmd = [sys.executable, __file__, "--child", method_name, "--options", json.dumps(options),
                "--model-dir", model_dir, "--steps", str(a.steps), "--batch-size", str(a.batch_size),
                "--seq", str(a.seq)] + (["--gradient-checkpointing"] if checkpointing else [])
-        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        if a.mmap_threshold:
+            env["MALLOC_MMAP_THRESHOLD_"] = str(a.mmap_threshold)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             print(f"{label}: the training run failed:\n{done.stderr[-3000:]}")
             rows.append({"method": label, "error": done.stderr[-500:]})

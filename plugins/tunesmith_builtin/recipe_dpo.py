@@ -104,7 +104,7 @@ class DpoRecipe:
         from tunesmith.trainer.sft import LossComputer, encode_rows
 
         h = context.hyperparameters
-        o = context.options or self.validate_options({})
+        o = self.validate_options(context.options or {})  # idempotent on validated options
         self.h, self.o = h, o
         self.beta, self.loss_type = float(o["beta"]), o["loss_type"]
         self.device = context.device
@@ -130,7 +130,7 @@ class DpoRecipe:
         self.val_batches = [order[i:i + self.val_bs] for i in range(0, val_n, self.val_bs)]
 
         # The reference: the adapter switched off on the fly, or log-probs computed once here.
-        self.reference: dict[str, Any] | None = None  # split -> (chosen [n], rejected [n], counts)
+        self.reference: dict[str, Any] | None = None  # split -> (chosen [n], rejected [n]) on the CPU
         if o["reference_policy"] == "separate_model":
             self.reference_mode = "separate_model"
             self.reference = self._precompute_separate(context, o["reference_model"])
@@ -141,7 +141,8 @@ class DpoRecipe:
             self.reference_mode = "disabled_adapter"
         context.log(f"dpo: {len(self.pairs['train'][0])} training pairs, {val_n} validation pairs, "
                     f"loss {self.loss_type}, beta {self.beta:g}, reference: {self._describe_reference()}")
-        truncated = sum(e.truncated for split in self.pairs.values() for side in split for e in side)
+        truncated = sum(c.truncated or r.truncated for c_side, r_side in self.pairs.values()
+                        for c, r in zip(c_side, r_side))  # pairs with either answer cut
         return {"train_examples": len(self.pairs["train"][0]), "truncated_rows": truncated,
                 "validation_pairs": val_n, "reference": self.reference_mode}
 

@@ -61,7 +61,9 @@ class SftRecipe:
             from tunesmith.trainer.packing import pack_examples
 
             rows = pack_examples(self.train_ex, self.h["max_seq_length"], seed + epoch)
-            per_batch = max(1, self.h["batch_size"])
+            # As many packed rows per batch as hold about batch_size examples, so a step carries
+            # the tokens it would unpacked (and the LR schedule sees the same number of steps).
+            per_batch = max(1, round(self.h["batch_size"] * len(self.train_ex) / max(1, len(rows))))
             out = []
             for i in range(0, len(rows), per_batch):
                 chunk = rows[i:i + per_batch]
@@ -81,19 +83,17 @@ class SftRecipe:
 
         return sum(1 for x in e.labels[1:] if x != IGNORE_INDEX)
 
-    def _collate(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def loss(self, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
         from tunesmith.trainer.sft import collate
 
         if "packed_rows" in batch:
-            from tunesmith.trainer.packing import collate_packed
+            from tunesmith.trainer.packing import collate_packed, packed_loss_sum
 
-            c = collate_packed(self.train_ex, batch["packed_rows"], self.pad_id)
-            c["label_span"] = c["input_ids"].shape[1]
-            return c
-        return collate([self.train_ex[i] for i in batch["examples"]], self.pad_id, self.padding_side)
-
-    def loss(self, model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
-        loss_sum, _ = self.loss_fn(model, self._collate(batch), self.device)
+            loss_sum, _ = packed_loss_sum(model, collate_packed(self.train_ex, batch["packed_rows"], self.pad_id),
+                                          self.device)
+        else:
+            loss_sum, _ = self.loss_fn(model, collate([self.train_ex[i] for i in batch["examples"]], self.pad_id,
+                                                      self.padding_side), self.device)
         return loss_sum, {}
 
     def evaluate(self, model: Any) -> dict[str, float]:

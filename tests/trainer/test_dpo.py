@@ -64,7 +64,7 @@ def make_recipe(model, tokenizer, method, train_rows, validation_rows, options=N
     ctx = RecipeContext(model=model, tokenizer=tokenizer, method=method,
                         hyperparameters=resolve({"batch_size": 4, **hp}),
                         options=recipe.validate_options(dict(options or {})), device="cpu", log=lambda m: None)
-    recipe.setup(ctx, train_rows, validation_rows)
+    recipe.figures = recipe.setup(ctx, train_rows, validation_rows)
     return recipe
 
 
@@ -166,6 +166,25 @@ def test_prompt_tuning_pads_right_and_drops_the_virtual_token_logits(sft_model_d
     expect = sum(hand_loss(hand_pair(policy, base, tok, row, virtual=3), "sigmoid", 0.1) for row in rows)
     assert float(loss_sum) == pytest.approx(expect, rel=1e-4)
     assert recipe.evaluate(policy) == {}  # no validation pairs
+
+
+def test_setup_figures_and_truncation(sft_model_dir, sft_tokenizer):
+    tok = sft_tokenizer
+    rows = preference_rows(5, seed=6, suffixes=TRAIN_SUFFIXES)
+    model = lora_model(sft_model_dir)
+    r = make_recipe(model, tok, LoraMethod(), rows, rows[:2])
+    assert r.figures == {"train_examples": 5, "truncated_rows": 0, "validation_pairs": 2,
+                         "reference": "disabled_adapter"}
+    short = make_recipe(model, tok, LoraMethod(), rows, rows[:2], max_seq_length=8)
+    assert short.figures["truncated_rows"] == 7  # pairs, train and validation
+    c, rj = short.pairs["train"]
+    assert all(len(e.input_ids) <= 8 for e in c + rj)
+    # every pair shares its prompt; the answers differ
+    assert all(a.input_ids != b.input_ids for a, b in zip(c, rj))
+    batches = short.train_batches(0, seed=1)
+    assert batches == short.train_batches(0, seed=1)  # deterministic in (epoch, seed)
+    assert sorted(i for b in batches for i in b["pairs"]) == list(range(5))
+    assert sum(b["n_items"] for b in batches) == 5
 
 
 # --- 2. the reference is the adapter-disabled base ----------------------------------------

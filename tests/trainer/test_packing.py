@@ -43,7 +43,9 @@ def _unpacked(model, e: EncodedExample):
 
 
 def _rows(examples):
-    # 3 rows of uneven fill, so there is padding and several examples per row
+    # 3 rows of uneven fill, so there is padding and several examples per row; the last two
+    # rows mix in full-sequence-label examples (9-11), whose first token carries a label
+    assert len(examples) == 12
     return [[0, 1, 2, 3], [4, 5, 9], [6, 7, 8, 10, 11]]
 
 
@@ -182,11 +184,15 @@ def test_gradients_match(examples, tok, attn, dtype):
         (l / n).backward()
         total += k
     assert total == n
-    tol = 1e-9 if dtype == "float64" else 1e-4  # relative to the tensor's largest gradient
+    # Relative to the tensor's largest gradient. float64 agrees to ~1e-15 in isolation, but run
+    # after tests that change torch's thread count the embedding's gradient went past 1e-9 (the
+    # reduction order changes). 1e-7 stays far below what a cross-example leak gives (~1e-1).
+    tol = 1e-7 if dtype == "float64" else 1e-4
     for k, p in named:
         scale = float(p.grad.abs().max())
         assert scale > 0, k
-        torch.testing.assert_close(packed[k], p.grad, rtol=0, atol=tol * scale, msg=k)
+        worst = float((packed[k] - p.grad).abs().max())
+        assert worst <= tol * scale, f"{k}: max difference {worst:.3g}, {worst / scale:.3g} of its largest gradient"
 
 
 def test_labels_work_with_the_models_own_loss(examples, tok):
@@ -232,8 +238,7 @@ def test_pack_examples_takes_encoded_examples_and_edge_cases(examples):
     assert sorted(i for r in rows for i in r) == list(range(len(examples)))
     assert pack_examples([], 64, seed=0) == []
     assert pack_examples([64, 64], 64, seed=0) in ([[0], [1]], [[1], [0]])
-    assert sorted(map(sorted, pack_examples([32, 32, 32], 64, seed=0))) == [[0, 1], [2]] or \
-        sorted(len(r) for r in pack_examples([32, 32, 32], 64, seed=0)) == [1, 2]
+    assert sorted(len(r) for r in pack_examples([32, 32, 32], 64, seed=0)) == [1, 2]
     with pytest.raises(ValueError):
         pack_examples([1], 0, seed=0)
     with pytest.raises(ValueError):

@@ -42,13 +42,18 @@ def test_completion_only_labels_mask_exactly_prompt_and_padding(sft_tokenizer):
     assert (batch["attention_mask"] == 0).any()
 
 
-def test_full_sequence_loss_labels_every_real_token(sft_tokenizer):
+def test_full_sequence_loss_labels_every_real_token_but_each_rows_first(sft_tokenizer):
+    """Every real token is a label except a row's first: with left padding, the position before
+    it is padding, so nothing predicts it (counting it would train on pad -> token)."""
     rows = make_rows(3)
     ex = encode_rows(sft_tokenizer, rows, 512, completion_only_loss=False)
     batch = collate(ex, sft_tokenizer.eos_token_id)
     real = batch["attention_mask"].bool()
-    assert (batch["labels"][real] == batch["input_ids"][real]).all()
-    assert (batch["labels"][~real] == IGNORE_INDEX).all()
+    first = real & ~torch.cat([torch.zeros_like(real[:, :1]), real[:, :-1]], dim=1)
+    assert first.sum() == len(rows)
+    assert (batch["labels"][real & ~first] == batch["input_ids"][real & ~first]).all()
+    assert (batch["labels"][first | ~real] == IGNORE_INDEX).all()
+    assert int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) == sum(len(e.input_ids) - 1 for e in ex)
 
 
 def test_truncation_cuts_the_prompt_from_the_left_and_keeps_the_completion(sft_tokenizer):

@@ -35,7 +35,9 @@ Contract
       as-is for every attention implementation; eager ADDS it to the scores and SDPA accepts a
       float mask as an additive bias, so this one form is right for both. A bool mask would be
       silently wrong under eager (True/False become +1/+0 on the scores), so none is offered.
-      Use the model's compute dtype (SDPA refuses a float mask of another dtype).
+      Build it in the model's compute dtype (``dtype=``) or cast it (packed_loss_sum does): a
+      float mask of another dtype is accepted by torch 2.13's CPU SDPA and by eager, but the
+      SDPA contract asks for the query's dtype and other backends may refuse it.
     - ``segment_ids`` (B, W) long: the example's slot in its row (0, 1, ...), -1 on padding.
     - ``n_items`` int: label tokens that count (``(labels[:, 1:] != IGNORE_INDEX).sum()``), the
       denominator of a token-level mean; ``n_tokens`` int: non-padding tokens.

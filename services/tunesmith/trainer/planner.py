@@ -289,7 +289,9 @@ def _config(request: trainer_pb2.PlanMemoryRequest, spec: trainer_pb2.TrainingJo
         except (OSError, ValueError) as exc:
             raise FailedPrecondition(f"model {spec.base_model!r} has no readable config.json: {exc}",
                                      field="spec.base_model") from None
-        return _config_from_dict(data, "spec.base_model")
+        config = _config_from_dict(data, "spec.base_model")
+        config._name_or_path = str(folder)  # model.name_or_path, as from_pretrained(folder) sets it
+        return config
     try:
         data = json.loads(request.model_config_json)
     except ValueError as exc:
@@ -397,17 +399,26 @@ def _quantised_bytes(model: Any, bits: int, double_quant: bool, skip: list[str])
     return ids, int(math.ceil(nbytes))
 
 
-def _apply(plugin: Any, model: Any, options: dict[str, Any], registry, build) -> tuple[Any, list[str]]:
+def _apply(plugin: Any, model: Any, options: dict[str, Any], registry, build, path: str) -> tuple[Any, list[str]]:
     """The method applied on the meta device; when its apply() cannot run on meta tensors, the
     plan falls back to what the method trains: LoRA (its LoRA settings, through the "lora"
-    method) for a quantised-base method, every weight for a method that saves a model."""
+    method) for a quantised-base method, every weight for a method that saves a model. A
+    prompt-learning method whose init_text needs a tokenizer the plan does not have (a model
+    given as model_config_json) is planned without it: the text only sets initial values."""
     import torch
 
     try:
         with torch.device("meta"):
             return plugin.apply(model, options), []
-    except TunesmithError:
-        raise
+    except TunesmithError as exc:
+        if not (plugin.prompt_learning and options.get("init_text")):
+            raise exc.prefixed(path) from None
+        try:
+            with torch.device("meta"):
+                return plugin.apply(build(), plugin.validate({**options, "init_text": ""})), [
+                    f"planned without init_text ({exc.message})"]
+        except TunesmithError as again:
+            raise again.prefixed(path) from None
     except Exception as exc:  # noqa: BLE001 - a plugin that cannot run on meta tensors
         reason = f"{type(exc).__name__}: {exc}"
     fresh = build()
@@ -528,8 +539,7 @@ def _facts(config: Any, plugin: Any, options: dict[str, Any], setup: _Setup, reg
         return _build(config, dtype, attn)
 
     model = build()
-    notes: list[str] = []
-    applied, notes = _apply(plugin, model, options, registry, build)
+    applied, notes = _apply(plugin, model, options, registry, build, path)
     base = applied.get_base_model() if hasattr(applied, "get_base_model") else applied
     quant_ids: dict[int, int] = {}
     quant_bytes = 0

@@ -122,6 +122,7 @@ def collate(examples: Sequence[EncodedExample], pad_token_id: int, padding_side:
         sl = slice(width - k, width) if padding_side == "left" else slice(0, k)
         input_ids[i, sl] = torch.tensor(e.input_ids, dtype=torch.long)
         labels[i, sl] = torch.tensor(e.labels, dtype=torch.long)
+        labels[i, sl.start] = IGNORE_INDEX  # a row's first token has no position predicting it
         attention_mask[i, sl] = 1
         position_ids[i, sl] = torch.arange(k, dtype=torch.long)
         if padding_side == "left":
