@@ -124,6 +124,8 @@ def main() -> None:
     from tunesmith_builtin.peft_lora import LoraMethod
     from tunesmith_builtin.recipe_dpo import DpoRecipe
 
+    if a.threads:
+        torch.set_num_threads(a.threads)  # the loop calibrates its own count unless --threads fixes it
     model_dir = a.model or bundled_model()
     data = find_banking77()
     tok = AutoTokenizer.from_pretrained(model_dir)

@@ -172,6 +172,54 @@ def test_tiny_model_from_config_counts_as_built(runtime, method):
     assert plan.device_memory_bytes > 0 and plan.fits
 
 
+@pytest.mark.parametrize("method", ["ia3", "prefix_tuning", "prompt_tuning"])
+def test_other_peft_methods_count_as_peft_does(runtime, method):
+    from tunesmith.trainer.validation import method_options
+
+    spec = {"ia3": trainer_pb2.MethodSpec(ia3=trainer_pb2.Ia3Config()),
+            "prefix_tuning": trainer_pb2.MethodSpec(prefix_tuning=trainer_pb2.PrefixTuningConfig(num_virtual_tokens=8)),
+            "prompt_tuning": trainer_pb2.MethodSpec(prompt_tuning=trainer_pb2.PromptTuningConfig(
+                num_virtual_tokens=8, init_text="route this message"))}[method]
+    # prompt tuning's init_text needs a tokenizer, which a bare config has not: planned without it
+    plan = plan_memory(request(spec, config=tiny_config(), device="cpu"), runtime)
+    plugin = runtime.registry.get("peft_methods", method)
+    options = dict(plugin.validate(method_options(spec)))
+    if method == "prompt_tuning":
+        options["init_text"] = ""
+    real = plugin.apply(build_model(400, 0), plugin.validate(options))
+    assert (plan.trainable_parameters, plan.total_parameters) == real.get_nb_trainable_parameters()
+
+
+@pytest.mark.parametrize("bits,double_quant", [(4, False), (4, True), (8, False)])
+def test_qlora_weights_are_the_quantised_model_s_bytes(runtime, sft_model_dir, bits, double_quant):
+    """The plan (meta, unquantised) against a really quantised load: the same peft counts, and
+    weights_bytes equal to the bytes of the parameters plus their bitsandbytes quant state."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM
+
+    spec = qlora(4, bits=bits, double_quant=double_quant)
+    with open(f"{sft_model_dir}/config.json") as f:
+        plan = plan_memory(request(spec, config=f.read(), device="cpu", dtype=common_pb2.DTYPE_FLOAT32), runtime)
+    plugin = runtime.registry.get("peft_methods", "qlora")
+    options = plugin.validate({"lora": {"rank": 4}, "bits": bits, "double_quant": double_quant})
+    model = AutoModelForCausalLM.from_pretrained(sft_model_dir, dtype=torch.float32,
+                                                 **plugin.load_kwargs(options, "cpu"))
+    model = plugin.apply(model, options)
+    assert (plan.trainable_parameters, plan.total_parameters) == model.get_nb_trainable_parameters()
+    nbytes = sum(b.numel() * b.element_size() for b in model.buffers())
+    for p in model.parameters():
+        nbytes += p.numel() * p.element_size()
+        state = getattr(p, "quant_state", None)
+        if state is not None:
+            parts = [state.absmax, state.code] + ([state.state2.absmax, state.state2.code, state.offset]
+                                                  if state.nested else [])
+            nbytes += sum(t.numel() * t.element_size() for t in parts)
+        scale = getattr(p, "SCB", None)
+        if scale is not None:
+            nbytes += scale.numel() * scale.element_size()
+    assert plan.weights_bytes == nbytes
+
+
 def test_model_store_name_plans_like_its_config(runtime, sft_model_dir):
     from transformers import AutoModelForCausalLM
 
@@ -275,6 +323,18 @@ def test_device_checks(runtime):
     # names are matched loosely; device_memory_bytes wins over the table
     assert plan_memory(request(lora(), device="a100 80gb"), runtime).device_memory_bytes == 81920 * 2**20
     assert plan_memory(request(lora(), device="H200", memory=10**9), runtime).device_memory_bytes == 10**9
+
+
+def test_local_devices(runtime):
+    cpu = plan_memory(request(lora(), device="cpu"), runtime)
+    assert 0 < cpu.device_memory_bytes <= planner._local_memory("cpu")
+    assert cpu.activations_bytes > plan_memory(request(lora()), runtime).activations_bytes  # float32, not bf16
+    if not torch.cuda.is_available():
+        with pytest.raises(TunesmithError) as info:
+            plan_memory(request(lora(), device="cuda:0"), runtime)
+        assert info.value.code == "device_unavailable" and info.value.field == "device"
+        # with the memory given, a GPU that is not here can still be planned for
+        assert plan_memory(request(lora(), device="cuda", memory=16 * GiB), runtime).device_memory_bytes == 16 * GiB
 
 
 def test_bad_method_and_hyperparameters_name_their_fields(runtime):

@@ -93,6 +93,7 @@ torch and transformers are imported inside the functions (the service must start
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -103,6 +104,8 @@ from tunesmith.api.trainer.v1 import trainer_pb2
 from tunesmith.core.errors import FailedPrecondition, InvalidArgument, TunesmithError
 from tunesmith.trainer import hyperparameters
 from tunesmith.trainer.validation import _check_method, method_options
+
+log = logging.getLogger("tunesmith.trainer.planner")
 
 MiB = 2**20
 GiB = 2**30
@@ -385,9 +388,7 @@ def _quantised_bytes(model: Any, bits: int, double_quant: bool, skip: list[str])
     tied_in = model.get_input_embeddings()
     skip_ids = {head, id(getattr(tied_in, "weight", None))}
     ids: dict[int, int] = {}
-    nbytes = 0.0
-    per_param_4bit = 0.5 + (1 / QUANT_BLOCK + 4 / (QUANT_BLOCK * DOUBLE_QUANT_BLOCK) if double_quant
-                            else 4 / QUANT_BLOCK)
+    nbytes = 0
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear) or id(module.weight) in skip_ids or module.weight.requires_grad:
             continue  # the head, the embeddings and the adapters stay unquantised
@@ -395,8 +396,19 @@ def _quantised_bytes(model: Any, bits: int, double_quant: bool, skip: list[str])
             continue
         n = module.weight.numel()
         ids[id(module.weight)] = n
-        nbytes += n * per_param_4bit if bits == 4 else n + 4 * module.out_features
-    return ids, int(math.ceil(nbytes))
+        nbytes += _quantised_weight_bytes(n, module.out_features, bits, double_quant)
+    return ids, nbytes
+
+
+def _quantised_weight_bytes(n: int, rows: int, bits: int, double_quant: bool) -> int:
+    """Bytes of one linear weight of n values as bitsandbytes stores it (with its quant state)."""
+    if bits == 8:
+        return n + 4 * rows  # int8 values + one fp32 scale per output row (SCB)
+    blocks = math.ceil(n / QUANT_BLOCK)
+    size = math.ceil(n / 2) + 16 * 4  # two 4-bit values per byte; the 16-entry fp32 code
+    if double_quant:  # 8-bit absmax per block, fp32 absmax per 256 of them, their code and offset
+        return size + blocks + 4 * math.ceil(blocks / DOUBLE_QUANT_BLOCK) + 256 * 4 + 4
+    return size + 4 * blocks  # fp32 absmax per block
 
 
 def _apply(plugin: Any, model: Any, options: dict[str, Any], registry, build, path: str) -> tuple[Any, list[str]]:
@@ -589,6 +601,8 @@ def _facts(config: Any, plugin: Any, options: dict[str, Any], setup: _Setup, reg
     if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
         virtual = int(getattr(peft_config, "num_virtual_tokens", 0) or 0)
     eager = str(getattr(base.config, "_attn_implementation", "") or "") == "eager"
+    for note in notes:
+        log.info("memory plan for %s: %s", plugin.name, note)
     return _Facts(total=total, trainable=trainable, weights_bytes=int(weights), trainable_tensors=tensors,
                   layers=dims["layers"], hidden=dims["hidden"], intermediate=dims["intermediate"],
                   heads=dims["heads"], q_dim=dims["q_dim"], vocab=dims["vocab"], gated=gated, eager=eager,

@@ -192,9 +192,17 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             hyperparameters=hyperparameters.from_proto(spec.hyperparameters, device=spec.device),
             merge=spec.merge,
             recipe=spec.recipe,
-            recipe_options=recipe_options(spec),
+            recipe_options=self._resolved_recipe_options(spec),
             resume_from=record.latest_checkpoint.uri or spec.resume_from_checkpoint,
         )
+
+    def _resolved_recipe_options(self, spec: trainer_pb2.TrainingJobSpec) -> dict:
+        """The recipe options with a model-store name (DPO's reference_model) made its artifact URI,
+        which the worker resolves through its own storage."""
+        opts = recipe_options(spec)
+        if opts.get("reference_model"):
+            opts["reference_model"] = self.rt.models.get(opts["reference_model"]).artifact.uri
+        return opts
 
     def _run_attempt(self, record: trainer_pb2.TrainingJob, control: JobControl) -> int:
         """Start one worker (from the latest checkpoint, if any), forward its events until it

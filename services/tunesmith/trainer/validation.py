@@ -173,8 +173,19 @@ def accept_training_request(request: trainer_pb2.CreateTrainingJobRequest, runti
     runtime.registry.require("training_executors", spec.executor, "spec.executor")
     if problem:
         raise FailedPrecondition(problem, field="spec.device", code="device_unavailable")
+    if spec.num_processes > 1 and spec.device.startswith("cuda"):
+        from tunesmith.core.devices import cuda_device_count
+
+        gpus = cuda_device_count()
+        if gpus < spec.num_processes:
+            raise FailedPrecondition(f"{spec.num_processes} processes need {spec.num_processes} GPUs; {gpus} visible",
+                                     field="spec.num_processes", code="device_unavailable")
+    if spec.num_processes > 1 and spec.executor != DEFAULT_EXECUTOR:
+        raise InvalidArgument(f"multi-process launch (torchrun) is built for the {DEFAULT_EXECUTOR!r} executor",
+                              field="spec.num_processes")
 
     check_model(runtime.models, spec.base_model, "spec.base_model")
+    check_reference_model(spec, runtime)
     dataset = runtime.datasets.get(spec.dataset_id, field="spec.dataset_id")
     spec.train_split = spec.train_split or "train"
     check_split(dataset, spec.train_split, "spec.train_split")
@@ -247,6 +258,12 @@ def _check_recipe(spec: trainer_pb2.TrainingJobSpec, registry):
     except TunesmithError as exc:
         raise exc.prefixed("spec.dpo" if spec.HasField("dpo") else "spec.recipe") from None
     return recipe
+
+
+def check_reference_model(spec: trainer_pb2.TrainingJobSpec, runtime) -> None:
+    """A separate DPO reference model must be in the model store (or a stored model artifact)."""
+    if spec.dpo.reference_model:
+        check_model(runtime.models, spec.dpo.reference_model, "spec.dpo.reference_model")
 
 
 def _check_checkpoint(runtime, uri: str, path: str, expect: dict[str, Any]):

@@ -96,7 +96,8 @@ def _train(storage, spec, job_id: str, emit, should_stop) -> int:
         try:
             figures = train(model_path=base_dir, train_rows=train_rows, validation_rows=validation_rows,
                             method=method, method_options=spec.method_options, recipe=recipe,
-                            recipe_options=spec.recipe_options, hp=spec.hyperparameters, output_dir=tmp,
+                            recipe_options=_local_models(storage, spec.recipe_options), hp=spec.hyperparameters,
+                            output_dir=tmp,
                             on_event=emit, should_stop=should_stop, identity=spec.identity(),
                             checkpoint_sink=store_checkpoint, resume_from=resume_dir,
                             resume_source=spec.resume_from)
@@ -126,6 +127,15 @@ def _train(storage, spec, job_id: str, emit, should_stop) -> int:
                                          dtype=_merge_dtype(spec.hyperparameters.get("dtype")))
     WorkerResult.from_training(figures, adapter=adapter, merged_model=merged, model=model).write(storage, job_id)
     return 0
+
+
+def _local_models(storage, options: dict) -> dict:
+    """Recipe options with model artifact URIs (DPO's reference_model) made local folders."""
+    out = dict(options)
+    ref = out.get("reference_model")
+    if isinstance(ref, str) and ref.startswith("artifact://"):
+        out["reference_model"] = str(storage.resolve(ref))
+    return out
 
 
 def _merge_dtype(training_dtype: str | None) -> str:
