@@ -342,3 +342,25 @@ def test_bad_method_and_hyperparameters_name_their_fields(runtime):
     assert field_of(runtime, request(bad_rank)) == "spec.method.lora.rank"
     assert field_of(runtime, request(lora(), batch_size=-2)) == "spec.hyperparameters.batch_size"
     assert field_of(runtime, request(trainer_pb2.MethodSpec(name="no-such-method"))) == "spec.method.name"
+
+
+def test_cpu_heap_retention_term(runtime, monkeypatch):
+    """On the CPU the plan adds glibc's heap retention, unless MALLOC_MMAP_THRESHOLD_ is set."""
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    config = tiny_config()
+    with_retention = plan_memory(request(lora(4), config=config, device="cpu"), runtime)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    live = plan_memory(request(lora(4), config=config, device="cpu"), runtime)
+    method = runtime.registry.get("peft_methods", "lora")
+    options = method.validate({"rank": 4, "target_modules": ["q_proj", "v_proj"]})
+    facts = planner._facts(_config_of(config), method, options,
+                           planner._Setup(hp=dict(DEFAULTS, dtype="float32"), kind="cpu"), runtime.registry, "spec.method")
+    saved = planner._activation_parts(facts, DEFAULTS["batch_size"], DEFAULTS["max_seq_length"], False)["saved"]
+    expected = int(planner.CPU_HEAP_RETENTION * saved) - live.gradients_bytes
+    assert with_retention.activations_bytes - live.activations_bytes == expected > 0
+
+
+def _config_of(config: dict):
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(**config)

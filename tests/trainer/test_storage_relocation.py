@@ -140,7 +140,7 @@ def test_every_stored_reference_verifies_and_none_holds_the_old_root(copied):
     copy, old_root, _ = copied
     storage = LocalStorage(copy)
     refs = storage.list_artifacts()
-    assert {a.kind for a in refs} == {"dataset", "dataset-source", "model", "adapter"}
+    assert {a.kind for a in refs} == {"dataset", "dataset-source", "model", "adapter", "checkpoint"}
     result = WorkerResult.read(storage, JOB)
     rec = DatasetRecords(storage).list()[0]
     refs += [result.adapter, result.merged_model, rec.artifact, ModelStore(storage).get("tiny").artifact]

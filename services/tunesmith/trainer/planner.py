@@ -62,6 +62,9 @@ activations_bytes (what autograd keeps for the backward pass, plus the loss's pe
       Without gradient checkpointing: L x layer + outside.
       With it (one checkpoint per decoder layer): L x B x S x h x e (each layer's input) + one
       layer's activations (recomputed during its backward) + outside.
+    On the CPU, glibc's heap keeps freed activation memory: + CPU_HEAP_RETENTION (1.4) x the
+    saved activations (layers, checkpoint inputs, final norm; not the loss, whose blocks are
+    large enough to be returned) - gradients_bytes, when positive; see CPU_HEAP_RETENTION.
 runtime overhead (part of total_bytes; not a separate field)
     CUDA: CUDA_CONTEXT_BYTES (~0.5 GiB: context, cuBLAS workspace). CPU: CPU_RUNTIME_BYTES, the
     resident set of a Python process after `import torch, transformers, peft` and resolving a
@@ -145,6 +148,17 @@ OPTIM_8BIT_BLOCK = 256
 OPTIM_8BIT_MIN_SIZE = 4096
 #: Bytes per vocabulary entry and position of the loss (fp32 log-probs + two fp32 gradients).
 LOSS_BYTES_PER_LOGIT = 12
+#: CPU only: glibc malloc keeps the memory of freed activations in its heap (its mmap threshold
+#: rises to 32 MiB after the first frees, so activation-sized blocks stop being returned to the
+#: OS), and the process's resident set stays above its live tensors. The plan adds this many
+#: times the saved activations, less the gradients (allocated during the backward pass into the
+#: blocks the freed activations leave). Measured with bench/bench_memory_plan.py (SmolLM2-135M,
+#: 8 x 128 tokens, float32, 2 threads): peak RSS above the live peak by 1.35-1.5 x the saved
+#: activations for LoRA, 0.6 x for full fine-tuning (after its 0.5 GB of gradients), 2.0 x for
+#: QLoRA (bitsandbytes' dequantised weights add to the churn). Not applied when
+#: MALLOC_MMAP_THRESHOLD_ is set in the environment the workers inherit: glibc then returns every
+#: block above it, and the resident set follows the live tensors.
+CPU_HEAP_RETENTION = 1.4
 
 #: Linear-module names -> the group that shares one input tensor (Llama, Mistral, Qwen, Phi,
 #: GPT-2, Falcon, MPT naming). Unknown names count as their own group.
@@ -652,8 +666,13 @@ def _activation_parts(f: _Facts, batch: int, seq: int, checkpointing: bool) -> d
             "loss": int(tokens * f.vocab * LOSS_BYTES_PER_LOGIT), "working": int(tokens * 2 * (h + f.intermediate) * e)}
 
 
-def _activation_bytes(f: _Facts, batch: int, seq: int, checkpointing: bool) -> int:
-    return sum(_activation_parts(f, batch, seq, checkpointing).values())
+def _activation_bytes(f: _Facts, batch: int, seq: int, checkpointing: bool, kind: str = "cuda") -> int:
+    parts = _activation_parts(f, batch, seq, checkpointing)
+    total = sum(parts.values())
+    if kind == "cpu" and not os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        gradients = sum(n * size for n, size in f.trainable_tensors)
+        total += max(0, int(CPU_HEAP_RETENTION * (parts["saved"] + parts["recompute"])) - gradients)
+    return total
 
 
 def _optimizer_bytes(f: _Facts, optimizer: str) -> int:
@@ -690,7 +709,7 @@ def _bytes(f: _Facts, setup: _Setup) -> _Bytes:
         grads *= 2  # DDP's gradient buckets
     return _Bytes(weights=f.weights_bytes, gradients=grads, optimizer=_optimizer_bytes(f, hp["optimizer"]),
                   activations=_activation_bytes(f, hp["batch_size"], hp["max_seq_length"],
-                                                hp["gradient_checkpointing"]),
+                                                hp["gradient_checkpointing"], setup.kind),
                   overhead=CUDA_CONTEXT_BYTES if setup.kind == "cuda" else CPU_RUNTIME_BYTES)
 
 
@@ -746,8 +765,8 @@ def _suggestions(config: Any, facts: _Facts, setup: _Setup, spec: trainer_pb2.Tr
         combined = {**hp, "gradient_checkpointing": True, "batch_size": 1}
         if hp["optimizer"] == "adamw":
             combined["optimizer"] = "adamw_8bit"
-        offer("all of gradient checkpointing, batch_size 1" + (" and 8-bit AdamW" if hp["optimizer"] == "adamw" else ""),
-              _bytes(facts, replace(setup, hp=combined)).total)
+        eight_bit = " and 8-bit AdamW" if hp["optimizer"] == "adamw" else ""
+        offer(f"all of gradient checkpointing, batch_size 1{eight_bit}", _bytes(facts, replace(setup, hp=combined)).total)
     found.sort(key=lambda item: -item[0])
     return [text for _, text in found]
 
