@@ -22,8 +22,8 @@ blocks and the peak RSS is the live peak; the plan then leaves out its CPU heap-
 The plan is made by tunesmith.trainer.planner.plan_memory with the same hyperparameters
 (device "cpu", dtype float32, the same batch and sequence length).
 
-Methods come from the plugin registry; while a built-in method plugin is missing from this
-checkout (full, qlora), a stand-in defined here with the same behaviour is used and said so.
+The methods are the plugin registry's (tunesmith_builtin.peft_full, peft_lora, peft_qlora with
+their default options: LoRA rank 16 on every linear layer; QLoRA 4-bit NF4, no double quant).
 """
 from __future__ import annotations
 
@@ -37,138 +37,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 for sub in ("services", "plugins", "clients/python"):
     if str(ROOT / sub) not in sys.path:
         sys.path.insert(0, str(ROOT / sub))
-
-
-# --- stand-ins for method plugins not in this checkout ------------------------------------
-class _FullStandIn:
-    name = "full"
-    supports_merge = False
-    servable_by_vllm = True
-    quantized_base = False
-    artifact_kind = "model"
-    prompt_learning = False
-
-    def validate(self, options):
-        return {}
-
-    def load_kwargs(self, options, device):
-        return {}
-
-    def apply(self, model, options):
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
-
-    def parameter_counts(self, model):
-        return (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
-
-    def save(self, model, folder):
-        model.save_pretrained(folder)
-
-
-class _QloraStandIn:
-    """4-bit NF4 base (bitsandbytes), peft's prepare_model_for_kbit_training, LoRA on top."""
-
-    name = "qlora"
-    supports_merge = True
-    servable_by_vllm = True
-    quantized_base = True
-    artifact_kind = "adapter"
-    prompt_learning = False
-
-    def _lora(self):
-        from tunesmith_builtin.peft_lora import LoraMethod
-
-        return LoraMethod()
-
-    def validate(self, options):
-        o = dict(options or {})
-        return {"lora": self._lora().validate(o.get("lora") or {}), "bits": int(o.get("bits") or 4),
-                "double_quant": bool(o.get("double_quant", False)), "compute_dtype": o.get("compute_dtype") or "float32"}
-
-    def load_kwargs(self, options, device):
-        import torch
-        from transformers import BitsAndBytesConfig
-
-        o = self.validate(options)
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[o["compute_dtype"]]
-        if o["bits"] == 8:
-            return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True)}
-        return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                          bnb_4bit_use_double_quant=o["double_quant"],
-                                                          bnb_4bit_compute_dtype=dtype)}
-
-    def apply(self, model, options):
-        from peft import prepare_model_for_kbit_training
-
-        o = self.validate(options)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        return self._lora().apply(model, o["lora"])
-
-    def parameter_counts(self, model):
-        return tuple(model.get_nb_trainable_parameters())
-
-    def save(self, model, folder):
-        model.save_pretrained(folder)
-
-
-class _Registry:
-    """The plugin registry's get/require over the methods found (real plugins first)."""
-
-    def __init__(self, methods: dict[str, Any]):
-        self.methods = methods
-
-    def get(self, kind, name):
-        from tunesmith.core.errors import NotFound
-
-        if kind != "peft_methods" or name not in self.methods:
-            raise NotFound(f"no {kind} named {name!r}", field=kind)
-        return self.methods[name]
-
-    def require(self, kind, name, field):
-        from tunesmith.core.errors import InvalidArgument, NotFound
-
-        try:
-            return self.get(kind, name)
-        except NotFound as exc:
-            raise InvalidArgument(exc.message, field=field) from None
-
-
-def method_registry() -> tuple[Any, list[str]]:
-    """(a registry with full, lora and qlora, notes on stand-ins used)."""
-    notes: list[str] = []
-    try:
-        from tunesmith.core.plugins import get_registry
-
-        registry = get_registry()
-        methods = dict(registry.all("peft_methods"))
-    except Exception as exc:  # noqa: BLE001 - a plugin of this checkout is missing or broken
-        notes.append(f"plugin registry unavailable ({exc}); loading method plugins one by one")
-        methods = {}
-        import importlib
-
-        for module in ("peft_full", "peft_lora", "peft_qlora"):
-            try:
-                mod = importlib.import_module(f"tunesmith_builtin.{module}")
-            except ImportError:
-                continue
-            mod.register_peft_methods(register=methods.__setitem__)
-    for name, stand_in in (("full", _FullStandIn), ("qlora", _QloraStandIn)):
-        if name not in methods:
-            methods[name] = stand_in()
-            notes.append(f"method {name!r}: no plugin in this checkout, using the bench's stand-in")
-    for name, plugin in methods.items():
-        for attr, value in (("servable_by_vllm", True), ("artifact_kind", "adapter"), ("prompt_learning", False)):
-            if not hasattr(plugin, attr):  # a plugin still on the older contract
-                setattr(plugin, attr, value)
-    return _Registry(methods), notes
 
 
 # --- the child: one method's real training steps ------------------------------------------
@@ -209,8 +83,9 @@ def child(a: argparse.Namespace) -> None:
 
     import peft  # noqa: F401
 
-    registry, _ = method_registry()
-    method = registry.get("peft_methods", a.child)
+    from tunesmith.core.plugins import get_registry
+
+    method = get_registry().get("peft_methods", a.child)
     options = method.validate(json.loads(a.options))
     torch.manual_seed(0)
     start = _status()
@@ -259,8 +134,8 @@ def child(a: argparse.Namespace) -> None:
     poller.running = False
     trainable = sum(p.numel() for p in params)
     print(json.dumps({"baseline": baseline, "after_load": after_load, "peak_load": peak_load,
-                      "peak_steps": peak_steps, "file_backed_at_peak": file_at_peak, "seconds": seconds, "losses": losses, "trainable": trainable,
-                      "threads": torch.get_num_threads()}))
+                      "peak_steps": peak_steps, "file_backed_at_peak": file_at_peak, "seconds": seconds,
+                      "losses": losses, "trainable": trainable, "threads": torch.get_num_threads()}))
 
 
 # --- the parent ---------------------------------------------------------------------------
@@ -310,21 +185,17 @@ def main() -> int:
         child(a)
         return 0
 
-    from tunesmith.core.models import ModelStore
+    from tunesmith.core.plugins import get_registry
+    from tunesmith.core.runtime import Runtime
     from tunesmith.core.storage import LocalStorage
     from tunesmith.trainer.planner import CPU_RUNTIME_BYTES, explain
 
     if a.mmap_threshold:  # the planner then leaves out glibc's heap retention (CPU_HEAP_RETENTION)
         os.environ["MALLOC_MMAP_THRESHOLD_"] = str(a.mmap_threshold)
     storage_root = a.storage or tempfile.mkdtemp(prefix="tunesmith-bench-")
-    storage = LocalStorage(storage_root)
-    models = ModelStore(storage)
-    entry = models.ensure_bundled()
-    model_dir = str(storage.resolve(entry.artifact.uri))
-    registry, notes = method_registry()
-    runtime = SimpleNamespace(storage=storage, registry=registry, models=models)
-    for note in notes:
-        print(f"note: {note}")
+    runtime = Runtime(LocalStorage(storage_root), get_registry())
+    entry = runtime.models.ensure_bundled()  # what `tunesmith models import-bundled` does
+    model_dir = str(runtime.storage.resolve(entry.artifact.uri))
     print(f"model {entry.name} ({model_dir}); batch {a.batch_size} x {a.seq}, {a.steps} AdamW steps, CPU float32"
           + (f"; MALLOC_MMAP_THRESHOLD_={a.mmap_threshold}" if a.mmap_threshold else "; default glibc malloc"))
 

@@ -16,15 +16,24 @@ vocabulary; qd = a x head_dim.
 weights_bytes
     The sum over the applied model's parameters and buffers of numel x element size, in the
     dtypes the method leaves them in (peft keeps LoRA adapters in float32 on a 16-bit base).
-    QLoRA (a method with quantized_base): a quantised load is impossible on meta, so the plan
-    builds the unquantised model with the method's LoRA config, and counts the linear weights
-    that bitsandbytes would quantise (every nn.Linear but the output head and
-    llm_int8_skip_modules) at
-        4-bit: 0.5 byte/param + absmax per 64-value block: 4/64 (fp32) or, with double_quant,
-               1/64 (8-bit) + 4/(64 x 256) (the fp32 absmax of every 256 blocks);
+    QLoRA (a method with quantized_base): a quantised load is impossible on meta, so the
+    method's apply() (prepare_model_for_kbit_training + its LoRA config) runs on the
+    unquantised meta model, and the linear weights bitsandbytes would quantise (every
+    nn.Linear but the output head, the embeddings, the adapters and llm_int8_skip_modules, as
+    the method's quantization_config says) are counted at
+        4-bit: 0.5 byte/param + an absmax per 64-value block: fp32 (4/64 byte/param) or, with
+               double_quant, 8-bit (1/64) + an fp32 absmax per 256 blocks + its 256-entry code;
+               + the 16-entry fp32 code of each weight;
         8-bit: 1 byte/param + one fp32 scale per output row;
     and everything else (embeddings, norms, lm_head, biases, the adapters) in the dtype the
-    method leaves it in (peft's prepare_model_for_kbit_training casts those to float32).
+    method leaves it in (prepare_model_for_kbit_training casts those to float32). The test
+    checks this byte for byte against a really quantised load. (On the CPU the loader keeps the
+    checkpoint file mapped, so the process's RSS also shows up to the checkpoint's size in clean,
+    reclaimable page cache; that is not planned.)
+    A method whose apply() cannot run on meta tensors is planned from what it trains: a
+    quantised-base method through the "lora" method with its LoRA options, a method that saves a
+    whole model with every weight trainable; otherwise InvalidArgument on spec.method.<config>
+    (typically options that do not suit the model, e.g. target modules it has not).
 gradients_bytes
     numel x element size of every trainable parameter (its gradient has its dtype); full
     fine-tuning: all of them. With num_processes > 1, once more for DDP's gradient buckets.
@@ -62,19 +71,21 @@ activations_bytes (what autograd keeps for the backward pass, plus the loss's pe
       Without gradient checkpointing: L x layer + outside.
       With it (one checkpoint per decoder layer): L x B x S x h x e (each layer's input) + one
       layer's activations (recomputed during its backward) + outside.
-    On the CPU, glibc's heap keeps freed activation memory: + CPU_HEAP_RETENTION (1.4) x the
-    saved activations (layers, checkpoint inputs, final norm; not the loss, whose blocks are
-    large enough to be returned) - gradients_bytes, when positive; see CPU_HEAP_RETENTION.
+    On the CPU, glibc's heap keeps freed activation memory: + CPU_HEAP_RETENTION x the saved
+    activations (layers or checkpoint inputs, one recomputed layer, final norm; not the loss,
+    whose blocks are large enough to go back to the OS): 0.55 for full fine-tuning, 1.45 for
+    an adapter on a full-precision base, 1.9 on a bitsandbytes base (measured; see the constant).
 runtime overhead (part of total_bytes; not a separate field)
     CUDA: CUDA_CONTEXT_BYTES (~0.5 GiB: context, cuBLAS workspace). CPU: CPU_RUNTIME_BYTES, the
     resident set of a Python process after `import torch, transformers, peft` and resolving a
     model class (measured: 460 MiB with torch 2.13 CPU, transformers 5.19, peft 0.21; a bare
     `import torch, transformers` is 240 MiB).
 
-total_bytes = weights + gradients + optimizer + activations + runtime overhead. It is an upper
-bound more than a point estimate: with zero_grad(set_to_none=True), a step's gradients and its
-activations are never all resident together, and allocator fragmentation is not counted.
-bench/bench_memory_plan.py compares the plan with measured peak RSS on the CPU.
+total_bytes = weights + gradients + optimizer + activations + runtime overhead. It leans high:
+with zero_grad(set_to_none=True) a step's gradients and its activations are never all resident
+together (full fine-tuning's live peak measured 12% under the sum), while the CUDA caching
+allocator's fragmentation is not counted. bench/bench_memory_plan.py compares the plan with the
+measured peak RSS of real training steps on the CPU.
 
 fits = total_bytes <= the device's memory: request.device_memory_bytes when set, else a named
 device's (DEVICE_MEMORY, as nvidia-smi reports it), else the local device's ("cpu": physical RAM,
@@ -87,9 +98,9 @@ Errors (tunesmith.core.errors, field paths as in the proto): InvalidArgument for
 config source ("model_config_json" / "spec.base_model"), a config that is not JSON, not an
 object or has an unknown model_type ("model_config_json"), an unknown device name ("device"), a
 negative "device_memory_bytes", bad method options ("spec.method.lora.rank") or hyperparameters
-("spec.hyperparameters.batch_size"); NotFound for an unknown model name; FailedPrecondition for a
-local CUDA device that is not there (give device_memory_bytes or a device name), or a method that
-cannot be planned on the meta device.
+("spec.hyperparameters.batch_size"), a method that cannot be applied to the model
+("spec.method.lora"); NotFound for an unknown model name; FailedPrecondition for a local CUDA
+device that is not there (give device_memory_bytes or a device name).
 
 torch and transformers are imported inside the functions (the service must start fast).
 """
@@ -149,16 +160,19 @@ OPTIM_8BIT_MIN_SIZE = 4096
 #: Bytes per vocabulary entry and position of the loss (fp32 log-probs + two fp32 gradients).
 LOSS_BYTES_PER_LOGIT = 12
 #: CPU only: glibc malloc keeps the memory of freed activations in its heap (its mmap threshold
-#: rises to 32 MiB after the first frees, so activation-sized blocks stop being returned to the
-#: OS), and the process's resident set stays above its live tensors. The plan adds this many
-#: times the saved activations, less the gradients (allocated during the backward pass into the
-#: blocks the freed activations leave). Measured with bench/bench_memory_plan.py (SmolLM2-135M,
-#: 8 x 128 tokens, float32, 2 threads): peak RSS above the live peak by 1.35-1.5 x the saved
-#: activations for LoRA, 0.6 x for full fine-tuning (after its 0.5 GB of gradients), 2.0 x for
-#: QLoRA (bitsandbytes' dequantised weights add to the churn). Not applied when
-#: MALLOC_MMAP_THRESHOLD_ is set in the environment the workers inherit: glibc then returns every
-#: block above it, and the resident set follows the live tensors.
-CPU_HEAP_RETENTION = 1.4
+#: rises to 32 MiB after the first frees, so activation-sized blocks stop going back to the OS,
+#: and small long-lived tensors between them fragment it), so the process's resident set stays
+#: above its live tensors. The plan adds this many times the saved activations, by kind of
+#: training; measured with bench/bench_memory_plan.py on this project's development machine
+#: (SmolLM2-135M, batch 8 x 128, float32, 2 threads, glibc 2.x; peak RSS with default malloc
+#: minus the live peak measured with MALLOC_MMAP_THRESHOLD_=131072, over the saved activations):
+#:   "full" (most parameters train): 0.52-0.59 (its gradients reuse the freed blocks);
+#:   "adapter" (LoRA-style, few parameters train): 1.35-1.53 (4 runs);
+#:   "quantized" (a bitsandbytes base: dequantised weights add to the churn): 1.28-2.03 (3 runs).
+#: Not applied when MALLOC_MMAP_THRESHOLD_ is set in the environment (the workers inherit the
+#: service's): glibc then returns every block above it, and the resident set follows the live
+#: tensors.
+CPU_HEAP_RETENTION = {"full": 0.55, "adapter": 1.45, "quantized": 1.9}
 
 #: Linear-module names -> the group that shares one input tensor (Llama, Mistral, Qwen, Phi,
 #: GPT-2, Falcon, MPT naming). Unknown names count as their own group.
@@ -209,6 +223,7 @@ class _Facts:
     final_norm_trained: bool = False
     head_trained: bool = False
     virtual_tokens: int = 0
+    quantized: bool = False  # the base is loaded quantised (bitsandbytes)
     element: int = 4  # bytes per value of the training dtype
     notes: list[str] = field(default_factory=list)
 
@@ -313,7 +328,9 @@ def _config(request: trainer_pb2.PlanMemoryRequest, spec: trainer_pb2.TrainingJo
         data = json.loads(request.model_config_json)
     except ValueError as exc:
         raise InvalidArgument(f"is not valid JSON: {exc}", field="model_config_json") from None
-    return _config_from_dict(data, "model_config_json")
+    config = _config_from_dict(data, "model_config_json")
+    config._name_or_path = ""  # no folder on this machine: a config's own path is not one to read
+    return config
 
 
 def _config_from_dict(data: Any, field_name: str) -> Any:
@@ -332,8 +349,9 @@ def _config_from_dict(data: Any, field_name: str) -> Any:
     kwargs = {k: v for k, v in data.items() if k != "model_type"}
     try:
         return AutoConfig.for_model(model_type, **kwargs)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise InvalidArgument(f"is not a valid {model_type} config: {exc}", field=field_name) from None
+    except Exception as exc:  # noqa: BLE001 - whatever the config class makes of bad values
+        raise InvalidArgument(f"is not a valid {model_type} config: {type(exc).__name__}: {exc}",
+                              field=field_name) from None
 
 
 def _offline() -> None:
@@ -373,9 +391,32 @@ def _build(config: Any, dtype: Any, attn: str | None) -> Any:
     try:
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config, **kwargs)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument(f"cannot build a causal language model from this config: {exc}",
-                              field="model_config_json") from None
+    except Exception as exc:  # noqa: BLE001 - whatever transformers makes of a bad config
+        raise InvalidArgument(f"cannot build a causal language model from this config: {type(exc).__name__}: {exc}",
+                              field=_config_field(config)) from None
+
+
+def _config_field(config: Any) -> str:
+    """The request field a config came from (a model-store config carries its folder)."""
+    return "spec.base_model" if getattr(config, "_name_or_path", "") else "model_config_json"
+
+
+#: Bounds on the shape of a planned model (a meta model still costs Python objects per layer).
+_DIM_LIMITS = {"layers": (1, 1024), "hidden": (1, 1 << 17), "heads": (1, 4096), "q_dim": (1, 1 << 18),
+               "intermediate": (1, 1 << 20), "vocab": (1, 1 << 24)}
+
+
+def _checked_dims(config: Any) -> dict[str, int]:
+    """The config's dimensions (see _dims), InvalidArgument when missing or out of bounds."""
+    try:
+        dims = _dims(config)
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError) as exc:
+        raise InvalidArgument(f"lacks the dimensions of a decoder (hidden size, layers, heads, vocabulary): {exc}",
+                              field=_config_field(config)) from None
+    for key, (lo, hi) in _DIM_LIMITS.items():
+        if not lo <= dims[key] <= hi:
+            raise InvalidArgument(f"{key} {dims[key]} is outside [{lo}, {hi}]", field=_config_field(config))
+    return dims
 
 
 def _quantisation(plugin: Any, options: dict[str, Any], kind: str, path: str) -> tuple[int, bool, list[str]]:
@@ -464,8 +505,9 @@ def _apply(plugin: Any, model: Any, options: dict[str, Any], registry, build, pa
         for p in fresh.parameters():
             p.requires_grad_(True)
         return fresh, [f"{plugin.name}.apply() failed on the meta device ({reason}); planned with every weight trained"]
-    raise FailedPrecondition(f"the {plugin.name} method cannot be planned on the meta device: {reason}",
-                             field="spec.method.name", code="unplannable_method")
+    # Most often the options do not suit this model (target modules it has not); the reason says.
+    raise InvalidArgument(f"the {plugin.name} method cannot be applied to this model (on the meta device): {reason}",
+                          field=path, code="unplannable_method")
 
 
 def _decoder_layers(base: Any, n_layers: int) -> Any:
@@ -493,7 +535,7 @@ def _dims(config: Any) -> dict[str, int]:
 
     hidden = int(first("hidden_size", "n_embd", "d_model"))
     heads = int(first("num_attention_heads", "n_head", "num_heads"))
-    head_dim = int(first("head_dim", default=hidden // heads))
+    head_dim = int(first("head_dim", default=hidden // heads if heads > 0 else 0))
     return {"layers": int(first("num_hidden_layers", "n_layer", "num_layers")), "hidden": hidden,
             "heads": heads, "q_dim": heads * head_dim,
             "intermediate": int(first("intermediate_size", "n_inner", "ffn_dim", default=4 * hidden)),
@@ -559,7 +601,7 @@ def _facts(config: Any, plugin: Any, options: dict[str, Any], setup: _Setup, reg
 
     dtype = _torch_dtype(setup.hp["dtype"], setup.kind)
     attn = setup.hp.get("attn_implementation") or None
-    dims = _dims(config)
+    dims = _checked_dims(config)
 
     def build() -> Any:
         return _build(config, dtype, attn)
@@ -621,7 +663,8 @@ def _facts(config: Any, plugin: Any, options: dict[str, Any], setup: _Setup, reg
                   layers=dims["layers"], hidden=dims["hidden"], intermediate=dims["intermediate"],
                   heads=dims["heads"], q_dim=dims["q_dim"], vocab=dims["vocab"], gated=gated, eager=eager,
                   layer_modules=modules, norms_trained=norms, final_norm_trained=final_norm_trained,
-                  head_trained=head_trained, virtual_tokens=virtual, element=element, notes=notes)
+                  head_trained=head_trained, virtual_tokens=virtual, quantized=bool(plugin.quantized_base),
+                  element=element, notes=notes)
 
 
 # --- the byte arithmetic ------------------------------------------------------------------
@@ -670,9 +713,15 @@ def _activation_bytes(f: _Facts, batch: int, seq: int, checkpointing: bool, kind
     parts = _activation_parts(f, batch, seq, checkpointing)
     total = sum(parts.values())
     if kind == "cpu" and not os.environ.get("MALLOC_MMAP_THRESHOLD_"):
-        gradients = sum(n * size for n, size in f.trainable_tensors)
-        total += max(0, int(CPU_HEAP_RETENTION * (parts["saved"] + parts["recompute"])) - gradients)
+        total += int(CPU_HEAP_RETENTION[_training_kind(f)] * (parts["saved"] + parts["recompute"]))
     return total
+
+
+def _training_kind(f: _Facts) -> str:
+    """The CPU_HEAP_RETENTION key of a plan."""
+    if f.quantized:
+        return "quantized"
+    return "full" if 2 * f.trainable >= f.total else "adapter"
 
 
 def _optimizer_bytes(f: _Facts, optimizer: str) -> int:
@@ -766,7 +815,8 @@ def _suggestions(config: Any, facts: _Facts, setup: _Setup, spec: trainer_pb2.Tr
         if hp["optimizer"] == "adamw":
             combined["optimizer"] = "adamw_8bit"
         eight_bit = " and 8-bit AdamW" if hp["optimizer"] == "adamw" else ""
-        offer(f"all of gradient checkpointing, batch_size 1{eight_bit}", _bytes(facts, replace(setup, hp=combined)).total)
+        offer(f"all of gradient checkpointing, batch_size 1{eight_bit}",
+              _bytes(facts, replace(setup, hp=combined)).total)
     found.sort(key=lambda item: -item[0])
     return [text for _, text in found]
 
