@@ -1,23 +1,46 @@
-"""Training throughput: Tunesmith's SFT loop against transformers Trainer + peft, same work.
+"""Tunesmith's SFT recipe against transformers Trainer + peft: tokens/s and held-out accuracy.
 
-    python bench/bench_sft_cpu.py MODEL_DIR [--rows 500] [--batch-size 8] [--rank 16] [--device cpu] [--threads N]
+    python bench/bench_sft_cpu.py MODEL_DIR [--intents 10] [--rows 200] [--eval-rows 100] [--epochs 1]
+                                  [--batch-size 8] [--threads 2] [--packing] [--device cpu]
 
-MODEL_DIR is a local Hugging Face causal-LM folder (e.g. SmolLM2-135M converted to safetensors).
-Both runs train LoRA (r=16, alpha=32, all linear layers, no dropout) for one epoch in float32 on
-the same synthetic banking-intent rows ("Route this banking customer message to its intent.
-\\nMessage: ...\\nIntent:" -> " <label>"), with the same tokenisation, completion-only labels,
-batch size, learning rate (2e-4, linear decay) and seed. Each run is a fresh subprocess.
+MODEL_DIR is a local Hugging Face causal-LM folder (e.g. SmolLM2-135M-Instruct in safetensors).
 
-tokens/s = non-padding tokens processed / training seconds (the Trainer's own train_runtime
-for the baseline). Prints one line per run, then the ratio.
+Data: real BANKING77 rows. The intents are the demo's (tunesmith.cli.demo: its 10 INTENTS first,
+then the other BANKING77 intents in name order, --intents in all). Training rows come from
+examples/banking77/train.csv, held-out rows from examples/banking77/test.csv, both filtered to
+those intents, shuffled per intent (seeded) and interleaved round-robin across the intents, then
+the first --rows / --eval-rows taken. The prompt is the demo's:
+"Route this banking customer message to its intent.\\nMessage: {text}\\nIntent:" -> " {category}".
 
-Threads: by default the Tunesmith loop calibrates its CPU thread count (it drops to fewer threads
-when another process is busy on a small machine) while the Trainer uses torch's default;
---threads N fixes both to N for a like-for-like comparison of the loops alone.
+Both runs, each in a fresh subprocess: LoRA r=16, alpha=32, all linear layers, dropout 0, float32,
+learning rate 5e-4 with linear decay and warmup ratio 0.05 (ceil(0.05 * steps) warmup steps, as
+the demo), AdamW without weight decay, grad-norm clip 1.0, the same batch size, epochs, seed,
+max_seq_length (256) and tokenisation (tunesmith.trainer.sft.encode_rows: prompt with the
+tokenizer's special tokens, completion + EOS; completion-only labels, -100 on prompt tokens),
+and the same CPU thread count (--threads N fixes both to N, default 2; 0 = the Tunesmith loop
+calibrates and the Trainer uses torch's default).
+
+- ours: tunesmith.trainer.sft.train_sft with the built-in "lora" method (length-grouped,
+  left-padded batches with logits only where labels are; --packing packs rows instead).
+- HF: what a user would write: AutoModelForCausalLM + peft.get_peft_model(LoraConfig(...)) +
+  Trainer with DataCollatorForSeq2Seq (pads each batch to its longest row, labels -100 on
+  padding), the default random sampler (no length grouping), report_to none,
+  dataloader_num_workers 0, no evaluation or checkpoints during training.
+
+tokens/s = non-padding tokens processed / training seconds (ours: its optimizer steps; HF: the
+Trainer's own train_runtime). After training, each subprocess saves the adapter, loads it with
+peft.PeftModel.from_pretrained on a freshly loaded base and measures held-out exact-match
+accuracy with the one function `heldout_accuracy` below (left-padded batched greedy `generate`,
+max_new_tokens = the longest label in tokens + 1, the answer cut at its first newline and
+stripped, compared with the label). Evaluation time is not counted in tokens/s.
+
+Prints one line per run (tokens/s, train seconds, tokens, steps, loss first -> last, accuracy),
+then the ratio ours/HF tokens/s and both accuracies.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import random
@@ -27,124 +50,167 @@ import tempfile
 import time
 from pathlib import Path
 
-INTENTS = {
-    "card_arrival": ["when will my new card arrive", "my card still hasn't come in the post",
-                     "how long does card delivery take", "I ordered a card {n} days ago and nothing yet"],
-    "lost_or_stolen_card": ["I lost my card", "my wallet was stolen with my card in it",
-                            "someone took my debit card at the {place}", "I can't find my card anywhere"],
-    "exchange_rate": ["what exchange rate do you use", "how much is {cur} worth in pounds today",
-                      "is the rate for {cur} fair", "why is your exchange rate different from Google"],
-    "balance_not_updated_after_bank_transfer": ["my transfer went through but my balance is the same",
-                                                "I sent {amt} from my other bank and it's not showing",
-                                                "balance didn't update after the transfer"],
-    "declined_card_payment": ["my card was declined at the {place}", "why was my payment refused",
-                              "card payment of {amt} got declined again"],
-    "top_up_failed": ["my top up failed", "I tried to add {amt} and it didn't work",
-                      "top-up keeps failing with my {bank} card"],
-    "pending_cash_withdrawal": ["the cash I took out at the {place} is still pending",
-                                "ATM withdrawal of {amt} shows as pending", "why is my withdrawal pending"],
-    "change_pin": ["how do I change my PIN", "I want a new PIN for my card",
-                   "can I reset my PIN at the {place}"],
-    "refund_not_showing_up": ["the {place} said they refunded me but I don't see it",
-                              "refund of {amt} is missing", "where is my refund"],
-    "transfer_timing": ["how long does a transfer to {bank} take", "when will the money I sent arrive",
-                        "transfer of {amt} still not there after {n} days"],
-}
-PLACES = ["supermarket", "petrol station", "airport", "train station", "restaurant", "hotel in Lisbon"]
-CURRENCIES = ["euros", "US dollars", "Swiss francs", "yen", "Polish zloty"]
-BANKS = ["Barclays", "HSBC", "Santander", "Monzo", "Lloyds"]
-FILLERS = ["", "Hi, ", "Hello there. ", "Please help, ", "Quick question: ", "This is urgent! ",
-           "I've been a customer for years and ", "Sorry to bother you but "]
-SUFFIXES = ["", "?", ".", " - can you check?", " What should I do?", " Thanks in advance.",
-            " I need this sorted today because I'm travelling tomorrow."]
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "banking77"
+INSTRUCTION = "Route this banking customer message to its intent."
+LEARNING_RATE = 5e-4
+WARMUP_RATIO = 0.05
+MAX_SEQ_LENGTH = 256
+EVAL_BATCH_SIZE = 25
 
 
-def make_rows(n: int, seed: int = 0) -> list[dict]:
+def intents_for(n: int) -> list[str]:
+    from tunesmith.cli.demo import INTENTS, _intents
+
+    assert _intents(EXAMPLES, len(INTENTS)) == INTENTS
+    return _intents(EXAMPLES, n)
+
+
+def banking_rows(csv_path: Path, intents: list[str], n: int, seed: int) -> list[dict]:
+    """`n` prompt/completion rows of `intents` from `csv_path`, interleaved across the intents."""
+    by_intent: dict[str, list[str]] = {i: [] for i in intents}
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["category"] in by_intent:
+                by_intent[row["category"]].append(row["text"])
     rng = random.Random(seed)
-    labels = sorted(INTENTS)
-    rows = []
-    for _ in range(n):
-        label = rng.choice(labels)
-        text = rng.choice(INTENTS[label]).format(
-            n=rng.randint(2, 14), place=rng.choice(PLACES), cur=rng.choice(CURRENCIES),
-            amt=f"£{rng.randint(5, 900)}", bank=rng.choice(BANKS))
-        text = rng.choice(FILLERS) + text + rng.choice(SUFFIXES)
-        rows.append({"prompt": f"Route this banking customer message to its intent.\nMessage: {text}\nIntent:",
-                     "completion": f" {label}"})
-    return rows
+    for texts in by_intent.values():
+        rng.shuffle(texts)
+    rows: list[dict] = []
+    for k in range(max(len(t) for t in by_intent.values())):
+        for intent in intents:
+            if k < len(by_intent[intent]):
+                rows.append({"prompt": f"{INSTRUCTION}\nMessage: {by_intent[intent][k]}\nIntent:",
+                             "completion": f" {intent}"})
+    if len(rows) < n:
+        raise SystemExit(f"{csv_path} has only {len(rows)} rows of these {len(intents)} intents, {n} asked")
+    return rows[:n]
+
+
+def data(a: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    intents = intents_for(a.intents)
+    return (banking_rows(EXAMPLES / "train.csv", intents, a.rows, a.seed),
+            banking_rows(EXAMPLES / "test.csv", intents, a.eval_rows, a.seed))
+
+
+def heldout_accuracy(model_path: str, adapter_dir: str, rows: list[dict], device: str) -> tuple[float, float]:
+    """Exact-match accuracy of the adapter in `adapter_dir` on `rows` and the seconds it took.
+    The one evaluation both runs use: a freshly loaded float32 base + PeftModel.from_pretrained,
+    left-padded batches, greedy generate with max_new_tokens = longest label in tokens + 1, the
+    answer cut at the first newline and stripped, compared with the stripped label."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(model_path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, adapter_dir).to(device)
+    model.eval()
+    labels = [r["completion"].strip() for r in rows]
+    max_new = max(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in rows) + 1
+    correct = 0
+    for i in range(0, len(rows), EVAL_BATCH_SIZE):
+        chunk = rows[i:i + EVAL_BATCH_SIZE]
+        enc = tok([r["prompt"] for r in chunk], return_tensors="pt", padding=True).to(device)
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id)
+        answers = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        correct += sum(ans.split("\n", 1)[0].strip() == lab for ans, lab in zip(answers, labels[i:i + len(chunk)]))
+    return correct / len(rows), time.perf_counter() - t0
 
 
 def run_ours(a: argparse.Namespace) -> dict:
+    import torch
+
     from tunesmith.trainer.sft import train_sft
     from tunesmith_builtin.peft_lora import LoraMethod
 
+    train_rows, eval_rows = data(a)
     events: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        r = train_sft(on_event=events.append, model_path=a.model, train_rows=make_rows(a.rows), validation_rows=None,
-                      method=LoraMethod(), method_options={"rank": a.rank, "alpha": 2 * a.rank},
-                      hp={"epochs": 1, "batch_size": a.batch_size, "learning_rate": 2e-4, "seed": 0,
-                          "max_seq_length": 512, "dtype": "float32", "log_every_steps": 10**9,
-                          "device": a.device, "num_threads": a.threads},
+        r = train_sft(on_event=events.append, model_path=a.model, train_rows=train_rows, validation_rows=None,
+                      method=LoraMethod(),
+                      method_options={"rank": a.rank, "alpha": 2 * a.rank, "dropout": 0.0,
+                                      "target_modules": "all-linear"},
+                      hp={"epochs": a.epochs, "batch_size": a.batch_size, "learning_rate": LEARNING_RATE,
+                          "warmup_ratio": WARMUP_RATIO, "seed": a.seed, "max_seq_length": MAX_SEQ_LENGTH,
+                          "dtype": "float32", "log_every_steps": 10**9, "device": a.device,
+                          "num_threads": a.threads, "packing": a.packing},
                       output_dir=Path(tmp))
+        threads_used = torch.get_num_threads()
+        accuracy, eval_seconds = heldout_accuracy(a.model, r["output_dir"], eval_rows, a.device)
     return {"tokens_per_second": r["tokens_per_second"], "train_seconds": r["train_seconds"],
             "train_tokens": r["train_tokens"], "steps": r["steps"], "first_loss": r["first_train_loss"],
-            "final_loss": r["final_train_loss"], "peak_memory_bytes": r["peak_memory_bytes"],
-            "threads": [e["message"] for e in events if e["type"] == "log" and "CPU threads" in e["message"]]}
+            "final_loss": r["final_train_loss"], "accuracy": accuracy, "eval_seconds": eval_seconds,
+            "threads": [e["message"] for e in events if e["type"] == "log" and "thread" in e["message"].lower()]
+            + [f"torch threads at the end of training: {threads_used}"]}
 
 
 def run_hf(a: argparse.Namespace) -> dict:
-    import resource
-
     import torch
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                              TrainingArguments)
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from tunesmith.trainer.sft import encode_rows
-    from tunesmith_builtin.peft_lora import LoraMethod
 
-    torch.manual_seed(0)
     if a.threads:
         torch.set_num_threads(a.threads)
+    train_rows, eval_rows = data(a)
+    torch.manual_seed(a.seed)
     tok = AutoTokenizer.from_pretrained(a.model)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
     if a.device != "cpu":
         model.to(a.device)
-    model = LoraMethod().apply(model, {"rank": a.rank, "alpha": 2 * a.rank})
-    encoded = encode_rows(tok, make_rows(a.rows), 512)
-    data = [{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels}
-            for e in encoded]
-    tokens = sum(len(e.input_ids) for e in encoded)
-    losses: list[float] = []
+    model = get_peft_model(model, LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.0,
+                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    encoded = encode_rows(tok, train_rows, MAX_SEQ_LENGTH)  # the same ids and completion-only labels as ours
+    dataset = [{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels}
+               for e in encoded]
+    tokens = sum(len(e.input_ids) for e in encoded) * a.epochs
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=a.batch_size, num_train_epochs=1,
-                                 learning_rate=2e-4, lr_scheduler_type="linear", warmup_steps=0, seed=0,
-                                 logging_steps=1, save_strategy="no", report_to="none", use_cpu=a.device == "cpu",
-                                 remove_unused_columns=False, disable_tqdm=True)
-        trainer = Trainer(model=model, args=args, train_dataset=data,
-                          data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
+        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=a.batch_size, num_train_epochs=a.epochs,
+                                 learning_rate=LEARNING_RATE, lr_scheduler_type="linear", warmup_steps=WARMUP_RATIO,
+                                 weight_decay=0.0, max_grad_norm=1.0, seed=a.seed, logging_steps=1,
+                                 save_strategy="no", eval_strategy="no", report_to="none",
+                                 use_cpu=a.device == "cpu", dataloader_num_workers=0,
+                                 train_sampling_strategy="random", remove_unused_columns=False, disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, train_dataset=dataset,
+                          data_collator=DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100))
         out = trainer.train()
+        threads_used = torch.get_num_threads()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        adapter = Path(tmp) / "adapter"
+        trainer.model.save_pretrained(str(adapter))
+        accuracy, eval_seconds = heldout_accuracy(a.model, str(adapter), eval_rows, a.device)
     secs = float(out.metrics["train_runtime"])
     return {"tokens_per_second": tokens / secs, "train_seconds": secs, "train_tokens": tokens,
             "steps": trainer.state.global_step, "first_loss": losses[0] if losses else None,
             "final_loss": sum(losses[-5:]) / len(losses[-5:]) if losses else None,
-            "peak_memory_bytes": (torch.cuda.max_memory_allocated() if a.device != "cpu"
-                                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
-            "threads": [f"torch default: {torch.get_num_threads()} threads"]}
+            "accuracy": accuracy, "eval_seconds": eval_seconds,
+            "threads": [f"torch threads during training: {threads_used}"]}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="local model folder")
-    p.add_argument("--rows", type=int, default=500)
+    p.add_argument("--intents", type=int, default=10, help="how many BANKING77 intents (the demo's 10 first)")
+    p.add_argument("--rows", type=int, default=200, help="training rows from train.csv")
+    p.add_argument("--eval-rows", type=int, default=100, help="held-out rows from test.csv")
+    p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--seed", type=int, default=7)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--threads", type=int, default=0,
-                   help="fix the CPU thread count for both runs (default: ours calibrates, HF uses torch's default)")
-    p.add_argument("--only", choices=["ours", "hf"], help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=2,
+                   help="CPU threads for both runs (default 2; 0: ours calibrates, HF uses torch's default)")
+    p.add_argument("--packing", action="store_true", help="ours packs rows (hyperparameters.packing)")
+    p.add_argument("--only", choices=["ours", "hf"], help="run one side only, in this process")
     a = p.parse_args()
     if a.only:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -154,8 +220,10 @@ def main() -> None:
     results = {}
     for which in ("ours", "hf"):
         t0 = time.perf_counter()
-        cmd = [sys.executable, __file__, a.model, "--rows", str(a.rows), "--batch-size", str(a.batch_size),
-               "--rank", str(a.rank), "--device", a.device, "--threads", str(a.threads), "--only", which]
+        cmd = [sys.executable, __file__, a.model, "--intents", str(a.intents), "--rows", str(a.rows),
+               "--eval-rows", str(a.eval_rows), "--epochs", str(a.epochs), "--batch-size", str(a.batch_size),
+               "--rank", str(a.rank), "--seed", str(a.seed), "--device", a.device, "--threads", str(a.threads),
+               "--only", which] + (["--packing"] if a.packing else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
@@ -163,16 +231,20 @@ def main() -> None:
             raise SystemExit(f"{which} run failed (exit {proc.returncode})")
         r = json.loads(line[len("RESULT "):])
         results[which] = r
-        print(f"{'tunesmith loop' if which == 'ours' else 'HF Trainer+peft':16s} "
-              f"{r['tokens_per_second']:8.1f} tokens/s  {r['train_tokens']} tokens in {r['train_seconds']:.1f}s, "
-              f"{r['steps']} steps, loss {r['first_loss']:.3f} -> {r['final_loss']:.3f}, "
-              f"peak mem {r['peak_memory_bytes'] / 2**20:.0f} MiB  (wall {time.perf_counter() - t0:.0f}s)",
-              flush=True)
+        name = ("tunesmith" + (" packed" if a.packing else "")) if which == "ours" else "HF Trainer+peft"
+        print(f"{name:16s} {r['tokens_per_second']:8.1f} tokens/s  {r['train_tokens']} tokens in "
+              f"{r['train_seconds']:.1f}s, {r['steps']} steps, loss {r['first_loss']:.3f} -> {r['final_loss']:.3f}, "
+              f"held-out accuracy {r['accuracy']:.1%} ({a.eval_rows} rows, eval {r['eval_seconds']:.0f}s)  "
+              f"(wall {time.perf_counter() - t0:.0f}s)", flush=True)
         for note in r.get("threads", []):
             print(f"    threads: {note}")
-    ratio = results["ours"]["tokens_per_second"] / results["hf"]["tokens_per_second"]
-    print(f"speed-up: {ratio:.2f}x  (rows={a.rows}, batch={a.batch_size}, LoRA r={a.rank} all-linear, float32, "
-          f"{a.device}, {len(os.sched_getaffinity(0))} CPUs)")
+    ours, hf = results["ours"], results["hf"]
+    ratio = ours["tokens_per_second"] / hf["tokens_per_second"]
+    print(f"speed-up ours/HF: {ratio:.2f}x tokens/s; held-out accuracy ours {ours['accuracy']:.1%}, "
+          f"HF {hf['accuracy']:.1%}  (BANKING77 {a.intents} intents, {a.rows} train / {a.eval_rows} held-out rows, "
+          f"{a.epochs} epoch(s), batch {a.batch_size}, LoRA r={a.rank} all-linear, float32, lr {LEARNING_RATE:g}, "
+          f"{a.device}, threads {a.threads or 'auto'}, {len(os.sched_getaffinity(0))} CPUs"
+          + (", ours packed" if a.packing else "") + ")")
 
 
 if __name__ == "__main__":

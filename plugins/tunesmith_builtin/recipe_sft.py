@@ -63,7 +63,7 @@ class SftRecipe:
             rows = pack_examples(self.train_ex, self.h["max_seq_length"], seed + epoch)
             # As many packed rows per batch as hold about batch_size examples, so a step carries
             # the tokens it would unpacked (and the LR schedule sees the same number of steps).
-            per_batch = max(1, round(self.h["batch_size"] * len(self.train_ex) / max(1, len(rows))))
+            per_batch = max(1, round(self.h["batch_size"] * len(rows) / max(1, len(self.train_ex))))
             out = []
             for i in range(0, len(rows), per_batch):
                 chunk = rows[i:i + per_batch]

@@ -243,3 +243,27 @@ def test_pack_examples_takes_encoded_examples_and_edge_cases(examples):
         pack_examples([1], 0, seed=0)
     with pytest.raises(ValueError):
         collate_packed(examples, [[0], []], 0)
+
+
+def test_the_sft_recipe_packs_about_batch_size_examples_per_batch(tok):
+    """Packed batches carry about the examples an unpacked batch would, so a packed run takes
+    about as many optimizer steps (and the LR schedule sees the same run length)."""
+    from types import SimpleNamespace
+
+    from tunesmith.trainer.hyperparameters import resolve
+    from tunesmith_builtin.recipe_sft import SftRecipe
+
+    rows = make_rows(96, seed=5)
+    steps = {}
+    for packing in (False, True):
+        recipe = SftRecipe()
+        h = resolve({"batch_size": 8, "max_seq_length": 128, "packing": packing})
+        ctx = SimpleNamespace(hyperparameters=h, device="cpu", tokenizer=tok, options={},
+                              method=SimpleNamespace(prompt_learning=False, name="lora"),
+                              model=_model(tok, "sdpa"), log=lambda m: None)
+        recipe.setup(ctx, rows, [])
+        batches = recipe.train_batches(0, 0)
+        steps[packing] = len(batches)
+        assert sum(b["n_items"] for b in batches) == sum(SftRecipe._label_count(e) for e in recipe.train_ex)
+    assert steps[False] == 12
+    assert 0.5 * steps[False] <= steps[True] <= 1.5 * steps[False], steps
