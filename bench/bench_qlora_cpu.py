@@ -15,7 +15,9 @@ layers, float32 compute, in a fresh subprocess that polls its own VmRSS every 2 
 - peak RSS as it is (on a 135M model the process itself dominates it);
 - tokens/s: the loop's own figure (non-padding tokens / optimizer-step seconds).
 
-Prints one line per method and the QLoRA / LoRA ratios (goal: model cost <= 0.5x). For a 7B
+Prints one line per method and the QLoRA / LoRA ratios (goal: model cost <= 0.5x).
+--gradient-checkpointing runs both with activation recomputation, so that the weights, not the
+activations of the batch, dominate what the model costs. For a 7B
 model, plan it with PlanMemory (bench/bench_memory_plan.py checks the planner against measured
 peaks).
 """
@@ -86,7 +88,8 @@ def child(a: argparse.Namespace) -> None:
                       method_options=options, output_dir=Path(tmp),
                       hp={"epochs": 1, "batch_size": a.batch_size, "learning_rate": 2e-4, "seed": 0,
                           "dtype": "float32", "device": "cpu", "num_threads": a.threads,
-                          "log_every_steps": 10**9, "max_seq_length": 128})
+                          "log_every_steps": 10**9, "max_seq_length": 128,
+                          "gradient_checkpointing": a.gradient_checkpointing})
     stop.set()
     print(json.dumps({"method": a.child, "baseline_bytes": baseline, "peak_rss_bytes": peak[0],
                       "model_bytes": peak[0] - baseline, "tokens_per_second": r["tokens_per_second"],
@@ -101,6 +104,8 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="both runs recompute activations in backward (then the weights dominate)")
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -110,6 +115,8 @@ def main() -> int:
     for name in ("lora", "qlora"):
         cmd = [sys.executable, __file__, a.model, "--rows", str(a.rows), "--batch-size", str(a.batch_size),
                "--rank", str(a.rank), "--threads", str(a.threads), "--child", name]
+        if a.gradient_checkpointing:
+            cmd.append("--gradient-checkpointing")
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             print(done.stderr[-3000:], file=sys.stderr)

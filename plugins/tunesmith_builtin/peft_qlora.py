@@ -127,7 +127,32 @@ class QloraMethod(AdapterMethod):
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         _no_cpu_inference_repacking(model)
+        _release_checkpoint_mapping(model)
         return model
+
+
+def _release_checkpoint_mapping(model: Any) -> None:
+    """Copy the unquantised tensors (embeddings, norms, head) out of the checkpoint file.
+
+    transformers loads safetensors by mmap; after a quantised load the tensors left unquantised
+    still point into that mapping, which keeps every page of the file that quantisation read
+    mapped in the process (about 440 MB of the bundled model's 540 MB file, measured with
+    /proc/self/smaps). Copying those few tensors releases the mapping: the quantised model then
+    costs about 200 MB instead of about 500 MB on the bundled model.
+    """
+    import gc
+
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            for param in module._parameters.values():
+                if param is not None and param.dtype.is_floating_point and not hasattr(param, "quant_state"):
+                    param.data = param.data.clone()
+            for key, buf in list(module._buffers.items()):
+                if buf is not None:
+                    module._buffers[key] = buf.clone()
+    gc.collect()
 
 
 def _no_cpu_inference_repacking(model: Any) -> None:
