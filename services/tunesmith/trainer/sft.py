@@ -170,9 +170,10 @@ class LossComputer:
         self.supports_keep = "logits_to_keep" in params and not prompt_learning
         self.supports_position_ids = "position_ids" in params and not prompt_learning
 
-    def __call__(self, model: Any, batch: dict, device: str):
+    def shifted_logits(self, model: Any, batch: dict, device: str):
+        """(logits, target) of one padded batch, aligned for next-token loss: only the labelled
+        tail's logits when logits_to_keep is usable, virtual-token logits (if any) dropped."""
         import torch
-        import torch.nn.functional as F
 
         input_ids = batch["input_ids"].to(device, non_blocking=True)
         attention_mask = batch["attention_mask"].to(device, non_blocking=True)
@@ -185,12 +186,14 @@ class LossComputer:
         if self.supports_keep and keep < width:
             # positions width-keep .. width-2 predict tokens width-keep+1 .. width-1
             kwargs["logits_to_keep"] = torch.arange(width - keep, width - 1, device=device)
-            target = labels[:, width - keep + 1:]
-            logits = model(**kwargs).logits
-        else:
-            logits = model(**kwargs).logits
-            logits = logits[:, logits.shape[1] - width:-1, :]  # virtual tokens (if any) come first
-            target = labels[:, 1:]
+            return model(**kwargs).logits, labels[:, width - keep + 1:]
+        logits = model(**kwargs).logits
+        return logits[:, logits.shape[1] - width:-1, :], labels[:, 1:]  # virtual tokens (if any) come first
+
+    def __call__(self, model: Any, batch: dict, device: str):
+        import torch.nn.functional as F
+
+        logits, target = self.shifted_logits(model, batch, device)
         loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
                                    ignore_index=IGNORE_INDEX, reduction="sum")
         return loss_sum, int((target != IGNORE_INDEX).sum())
@@ -218,25 +221,9 @@ def completion_logprobs(computer: LossComputer, model: Any, batch: dict, device:
     ``logits_to_keep`` may be passed (with left padding only the labelled tail gets logits), and
     logits longer than the input (prompt tuning's virtual tokens, first) are cut to its positions.
     Gradients flow unless the caller disables them."""
-    import torch
     import torch.nn.functional as F
 
-    input_ids = batch["input_ids"].to(device, non_blocking=True)
-    attention_mask = batch["attention_mask"].to(device, non_blocking=True)
-    labels = batch["labels"].to(device, non_blocking=True)
-    width = input_ids.shape[1]
-    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-    if computer.supports_position_ids:
-        kwargs["position_ids"] = batch["position_ids"].to(device, non_blocking=True)
-    keep = min(width, int(batch["label_span"]) + 1)
-    if computer.supports_keep and keep < width:
-        kwargs["logits_to_keep"] = torch.arange(width - keep, width - 1, device=device)
-        target = labels[:, width - keep + 1:]
-        logits = model(**kwargs).logits
-    else:
-        logits = model(**kwargs).logits
-        logits = logits[:, logits.shape[1] - width:-1, :]
-        target = labels[:, 1:]
+    logits, target = computer.shifted_logits(model, batch, device)
     token_logps = -F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
                                    ignore_index=IGNORE_INDEX, reduction="none").view(target.shape)
     mask = target != IGNORE_INDEX
