@@ -14,7 +14,7 @@ import queue
 import threading
 from typing import Any, Callable, Iterator, Sequence
 
-from tunesmith.core.contracts import Generation, PromptInput, Sampling
+from tunesmith.core.contracts import Generation, LogLikelihood, PromptInput, Sampling
 from tunesmith.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from tunesmith.core.plugins import hookimpl
 
@@ -184,6 +184,80 @@ class StopScanner:
         out = self.text[self.emitted:]
         self.emitted = len(self.text)
         return out
+
+
+# --- log-likelihood requests, tokenised as lm-evaluation-harness does (shared with inference_vllm)
+#: Logits one loglikelihood forward pass may hold (batch x positions x vocab, float32: 1 GiB).
+LOGLIKELIHOOD_LOGITS_BUDGET = 1 << 28
+
+
+def loglikelihood_prefix_token(tokenizer: Any) -> int:
+    """The token an empty context is replaced by: BOS, else EOS (lm-eval HFLM.prefix_token_id)."""
+    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    raise FailedPrecondition("the tokenizer has neither a bos nor an eos token: an empty context cannot be scored")
+
+
+def _lm_eval_encode(tokenizer: Any, text: str, prefix_text: str) -> list[int]:
+    """lm-eval HFLM.tok_encode with add_special_tokens unset: the tokenizer's own special tokens,
+    none when the text already starts with the prefix (BOS) token's text."""
+    if prefix_text and text.startswith(prefix_text):
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    return list(tokenizer.encode(text))
+
+
+def encode_loglikelihood_request(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) for one request, exactly as lm-evaluation-harness 0.4
+    (TemplateLM.loglikelihood + HFLM._encode_pair) tokenises it for a causal model:
+
+    - context "": continuation encoded without special tokens, context = [BOS or EOS] (unless the
+      continuation already starts with that token: then it is the context);
+    - otherwise trailing whitespace of the context moves to the front of the continuation;
+      whole = encode(context + continuation), context_ids = encode(context) and continuation_ids =
+      whole[len(context_ids):] (the tokenizer's special tokens, none if the text starts with BOS).
+      A context that was only whitespace encodes as "" (lm-eval does the same); where that gives
+      no tokens (lm-eval asserts there) the context is the empty context's [BOS or EOS].
+
+    The model is then run on context_ids + continuation_ids. InvalidArgument(field="continuation")
+    when the continuation is empty or gets no tokens of its own."""
+    if not isinstance(context, str) or not isinstance(continuation, str):
+        raise InvalidArgument("a request is a (context, continuation) pair of strings", field="requests")
+    if continuation == "":
+        raise InvalidArgument("the continuation is empty", field="continuation")
+    prefix = loglikelihood_prefix_token(tokenizer)
+    if context == "":
+        cont = list(tokenizer.encode(continuation, add_special_tokens=False))
+        ctx = [prefix]
+        if cont and cont[0] == prefix:
+            ctx, cont = cont[:1], cont[1:]
+    else:
+        prefix_text = tokenizer.decode(prefix)
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces > 0:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        whole = _lm_eval_encode(tokenizer, context + continuation, prefix_text)
+        ctx = _lm_eval_encode(tokenizer, context, prefix_text)
+        cont = whole[len(ctx):]
+        if not ctx:  # a whitespace-only context, with a tokenizer that adds nothing to ""
+            ctx = [prefix]
+    if not cont:
+        raise InvalidArgument(f"the continuation {continuation!r} gets no tokens of its own after the context",
+                              field="continuation")
+    return ctx, cont
+
+
+def truncate_loglikelihood_input(ctx: list[int], cont: list[int], max_len: int) -> tuple[list[int], int]:
+    """(the model's input ids, how many of them are context): context + continuation cut on the
+    left to `max_len` tokens (lm-eval: a warning, not an error). InvalidArgument when the
+    continuation alone does not fit."""
+    if len(cont) > max_len - 1:
+        raise InvalidArgument(f"the continuation is {len(cont)} tokens; this model scores at most "
+                              f"{max_len - 1} after at least one context token", field="continuation")
+    full = ctx + cont
+    kept = full[-max_len:]
+    return kept, len(kept) - len(cont)
 
 
 # --- the transformers backend ---------------------------------------------------------------
@@ -468,6 +542,57 @@ class TransformersModel:
                 handle.generation.text = scanner.text
                 if scanner.stopped:
                     handle.generation.finish_reason = "stop"
+
+
+    # -- log-likelihoods -------------------------------------------------------------------------
+    def loglikelihood(self, requests: Sequence[tuple[str, str]], *,
+                      adapter: str | None = None) -> list[LogLikelihood]:
+        """Log-likelihood of each continuation given its context, in request order, as
+        lm-evaluation-harness's HFLM computes it (see encode_loglikelihood_request): the model
+        runs on context + continuation (cut on the left to max_model_len + 1 tokens, last token
+        not fed); the continuation's log-probs (log_softmax in float32) are summed; is_greedy
+        when each continuation token is the argmax. Requests are sorted by length and batched
+        right-padded (up to max_batch_size rows and LOGLIKELIHOOD_LOGITS_BUDGET logits). For a
+        prompt-learning adapter (prompt/prefix tuning) the output's last positions are the
+        input's: its virtual tokens come first."""
+        import torch
+
+        encoded = []
+        for context, continuation in requests:
+            ctx, cont = encode_loglikelihood_request(self.tokenizer, context, continuation)
+            ids, _ = truncate_loglikelihood_input(ctx, cont, self.max_model_len + 1)
+            encoded.append((ids[:-1], cont))  # the last token is only predicted, never fed
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+        results: list[LogLikelihood | None] = [None] * len(encoded)
+        vocab = int(getattr(self.model.config, "vocab_size", 0) or len(self.tokenizer)) if self.model else 1
+        pad = self.pad_id if self.pad_id is not None else 0
+        with self._lock:
+            self._check_open()
+            with self._adapter_context(adapter), torch.inference_mode():
+                start = 0
+                while start < len(order):
+                    width = len(encoded[order[start]][0])  # the longest: sorted by length, descending
+                    rows = max(1, min(self.max_batch_size, LOGLIKELIHOOD_LOGITS_BUDGET // max(1, width * vocab)))
+                    chunk = order[start:start + rows]
+                    start += len(chunk)
+                    ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                    mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                    for row, i in enumerate(chunk):
+                        inp = encoded[i][0]
+                        ids[row, :len(inp)] = torch.tensor(inp, dtype=torch.long)
+                        mask[row, :len(inp)] = 1
+                    logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                        use_cache=False).logits
+                    logits = logits[:, -width:]  # prompt tuning: virtual tokens' positions come first
+                    for row, i in enumerate(chunk):
+                        inp, cont = encoded[i]
+                        n = len(inp)
+                        scores = torch.log_softmax(logits[row, n - len(cont):n].float(), dim=-1)
+                        target = torch.tensor(cont, dtype=torch.long, device=scores.device)
+                        picked = scores.gather(1, target.unsqueeze(1)).squeeze(1)
+                        greedy = bool((scores.argmax(dim=-1) == target).all())
+                        results[i] = LogLikelihood(logprob=float(picked.sum()), tokens=len(cont), is_greedy=greedy)
+        return results  # type: ignore[return-value]
 
     def close(self) -> None:
         """Drop the model and free its memory (waits for running generations)."""

@@ -37,15 +37,17 @@ import threading
 import uuid
 from typing import Any, Iterator, Sequence
 
-from tunesmith.core.contracts import Generation, PromptInput, Sampling
+from tunesmith.core.contracts import Generation, LogLikelihood, PromptInput, Sampling
 from tunesmith.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from tunesmith.core.plugins import hookimpl
 from tunesmith_builtin.inference_transformers import (
     TextStream,
     check_sampling,
+    encode_loglikelihood_request,
     load_tokenizer,
     normalize_dtype,
     render_prompt,
+    truncate_loglikelihood_input,
 )
 
 DEFAULT_MAX_MODEL_LEN = 2048
@@ -341,6 +343,73 @@ class VllmModel:
         finally:
             if not fut.done():
                 fut.cancel()  # cancels engine.generate, which aborts the request
+
+
+    # -- log-likelihoods -------------------------------------------------------------------------
+    def loglikelihood(self, requests: Sequence[tuple[str, str]], *,
+                      adapter: str | None = None) -> list[LogLikelihood]:
+        """Log-likelihood of each continuation given its context, in request order, from vLLM's
+        prompt log-probs (SamplingParams(max_tokens=1, prompt_logprobs=1), as lm-evaluation-
+        harness's vLLM model does): the request is tokenised as the transformers backend does
+        (lm-eval's rule, encode_loglikelihood_request), context + continuation cut on the left
+        to max_model_len - 1 tokens (one generated token must fit), and the logprob of each
+        actual continuation token summed; is_greedy when each has rank 1 (or, without ranks, the
+        highest logprob returned for its position). All requests go to the engine at once."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        self._check_open()
+        prepared = []
+        for context, continuation in requests:
+            ctx, cont = encode_loglikelihood_request(self.tokenizer, context, continuation)
+            ids, _ = truncate_loglikelihood_input(ctx, cont, self.max_model_len - 1)
+            prepared.append((ids, len(cont)))
+        lora = self._lora(adapter)
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+
+        def engine_input(ids: list[int]) -> Any:
+            try:
+                from vllm.inputs.engine import tokens_input
+
+                return tokens_input(ids)
+            except ImportError:  # older vLLM: a TokensPrompt dict
+                return {"prompt_token_ids": ids}
+
+        async def run_all() -> list[Any]:
+            return await asyncio.gather(*(self._one(engine_input(ids), params, lora) for ids, _ in prepared))
+
+        fut = self._submit(run_all())
+        try:
+            outs = fut.result()
+        except BaseException as exc:
+            fut.cancel()
+            if self._closed:
+                raise FailedPrecondition("the model was unloaded while scoring") from exc
+            mapped = self._error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        results = []
+        for (ids, n_cont), out in zip(prepared, outs):
+            if out is None or out.prompt_logprobs is None:
+                raise Unavailable("vLLM returned no prompt log-probs for a loglikelihood request")
+            total, greedy = 0.0, True
+            for pos in range(len(ids) - n_cont, len(ids)):
+                position = out.prompt_logprobs[pos]
+                token = ids[pos]
+                entry = position.get(token) if position else None
+                if entry is None:
+                    raise Unavailable(f"vLLM returned no log-prob for prompt token {token} at position {pos}")
+                total += float(getattr(entry, "logprob", entry))
+                rank = getattr(entry, "rank", None)
+                if rank is not None:
+                    greedy = greedy and rank == 1
+                else:
+                    best = max(float(getattr(v, "logprob", v)) for v in position.values())
+                    greedy = greedy and float(getattr(entry, "logprob", entry)) >= best
+            results.append(LogLikelihood(logprob=total, tokens=n_cont, is_greedy=greedy))
+        return results
 
     # -- adapters --------------------------------------------------------------------------------
     def load_adapter(self, name: str, adapter_dir: str) -> None:

@@ -1,4 +1,4 @@
-"""Built-in prompt templates: classification, chat, alpaca and plain.
+"""Built-in prompt templates: classification, chat, alpaca, plain and multiple_choice.
 
 Each template turns one row's canonical fields into a RenderedExample(prompt, completion); the
 trainer appends EOS to the completion. Templates read these canonical fields:
@@ -6,7 +6,9 @@ trainer appends EOS to the completion. Templates read these canonical fields:
 - input (or prompt), output (or completion): classification, prompt/completion and preference rows;
 - instruction, input (optional), output: alpaca rows;
 - messages: chat rows, a list of {"role", "content"} dicts whose last message is the assistant's;
-- text: raw text rows ("plain" only: empty prompt, the text is the completion).
+- text: raw text rows ("plain" only: empty prompt, the text is the completion);
+- question, choices, answer: multiple-choice rows ("multiple_choice": the cloze prompt
+  lm-evaluation-harness's ARC and SciQ tasks use, the right choice as the completion).
 
 Each follows tunesmith.core.contracts.PromptTemplate: `needs_tokenizer` (only "chat"), and
 `validate_options(options)`, which raises InvalidArgument(field=<option key>) for an unknown or
@@ -20,6 +22,7 @@ from typing import Any
 
 from tunesmith.core.contracts import RenderedExample
 from tunesmith.core.errors import InvalidArgument
+from tunesmith.core.formats.dataset import choice_index
 from tunesmith.core.plugins import hookimpl
 
 DEFAULT_CLASSIFICATION_INSTRUCTION = "Classify this message."
@@ -208,7 +211,54 @@ class PlainTemplate(_Base):
         return RenderedExample(prompt=_input(fields), completion=_output(fields))
 
 
-TEMPLATES: tuple[_Base, ...] = (ClassificationTemplate(), ChatTemplate(), AlpacaTemplate(), PlainTemplate())
+def _choices(value: Any) -> list[str]:
+    """A multiple-choice row's choices: a list of texts, or a JSON string of one (a CSV cell)."""
+    if isinstance(value, str):
+        import json
+
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"choices are not a JSON list: {exc.msg}") from None
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"choices must be a list of texts, got {type(value).__name__}")
+    out = []
+    for i, choice in enumerate(value):
+        if isinstance(choice, (dict, list, tuple, bool)) or choice is None:
+            raise ValueError(f"choice {i} must be text, got {type(choice).__name__}")
+        out.append(str(int(choice)) if isinstance(choice, float) and choice.is_integer() else str(choice).strip())
+    if len(out) < 2:
+        raise ValueError(f"a multiple-choice row needs at least 2 choices, got {len(out)}")
+    return out
+
+
+class MultipleChoiceTemplate(_Base):
+    """'{question_label}: {question}\n{answer_label}:' -> ' {right choice}' (lm-eval's ARC/SciQ
+    cloze form: the choices are not listed; each is scored as a continuation)."""
+
+    name = "multiple_choice"
+    description = (
+        "Multiple choice, cloze style (as lm-evaluation-harness's ARC/SciQ): 'Question: <question>\nAnswer:' "
+        "-> ' <right choice>'. Fields: question, choices, answer (index, letter A-Z or choice text). "
+        "Options: question_label, answer_label."
+    )
+    options = {"question_label": "Question", "answer_label": "Answer"}
+
+    def render(self, fields: dict[str, Any], options: dict[str, Any] | None = None,
+               tokenizer: Any | None = None) -> RenderedExample:
+        question = _text(fields, "question")
+        if "choices" not in fields or fields["choices"] is None:
+            raise KeyError("choices")
+        if "answer" not in fields or fields["answer"] is None:
+            raise KeyError("answer")
+        choices = _choices(fields["choices"])
+        gold = choice_index(choices, fields["answer"])
+        prompt = f"{self._opt(options, 'question_label')}: {question}\n{self._opt(options, 'answer_label')}:"
+        return RenderedExample(prompt=prompt, completion=" " + choices[gold])
+
+
+TEMPLATES: tuple[_Base, ...] = (ClassificationTemplate(), ChatTemplate(), AlpacaTemplate(), PlainTemplate(),
+                                MultipleChoiceTemplate())
 
 
 @hookimpl

@@ -27,7 +27,7 @@ from tunesmith.testing.contracts import (
     plugin_cases,
     registered_cases,
 )
-from tunesmith_builtin.benchmarks import ExactMatch
+from tunesmith_builtin.bench_exact_match import ExactMatch
 from tunesmith_builtin.peft_lora import LoraMethod
 from tunesmith_builtin.templates import ClassificationTemplate
 
@@ -92,9 +92,8 @@ class Lenient(ClassificationTemplate):
 class AlwaysRight(ExactMatch):
     """Scores every prediction as right."""
 
-    def score(self, predictions, references):
-        result = super().score(references, references)
-        return result
+    def score_rows(self, rows, options):
+        return [{"exact_match": 1.0} for _ in rows]
 
 
 def test_check_catches_a_prefixed_option_field():
@@ -133,10 +132,10 @@ def test_check_refuses_an_object_missing_members():
     class Half:
         name = "half"
 
-        def score(self, predictions):
+        def score_rows(self, rows):
             return None
 
     with pytest.raises(ContractViolation) as info:
         check_benchmark(Half())
     assert "lacks description" in str(info.value)
-    assert "score does not accept score(predictions, references)" in str(info.value)
+    assert "score_rows does not accept score_rows(rows, options)" in str(info.value)

@@ -118,8 +118,12 @@ def test_acme_plugins_run_in_the_services_own_pipeline(acme, tiny_model_dir, tmp
         answers = [g.text for g in model.generate([r["prompt"] for r in rendered[:2]], Sampling(max_new_tokens=4))]
     finally:
         model.close()
-    score = acme.get("benchmarks", "acme_contains").score(answers, ["card_arrival", "change_pin"])
-    assert set(score.metrics) == {"contains"} and len(score.per_row) == 2
+    from tunesmith.core.contracts import EvalRow
+
+    bench = acme.get("benchmarks", "acme_contains")
+    stats = bench.score_rows([EvalRow(prompt=r["prompt"], reference=ref, prediction=answer) for r, answer, ref
+                              in zip(rendered[:2], answers, ["card_arrival", "change_pin"])], {})
+    assert len(stats) == 2 and set(bench.aggregate(stats, {})) == {"contains"}
 
 
 def test_a_plugin_missing_a_member_is_refused_at_load(install):
@@ -128,7 +132,8 @@ def test_a_plugin_missing_a_member_is_refused_at_load(install):
     with pytest.raises(PluginError) as info:
         PluginRegistry()
     message = str(info.value)
-    assert message.startswith("plugin 'broken' registered benchmarks entry 'scoreless' which lacks score")
+    assert message.startswith("plugin 'broken' registered benchmarks entry 'scoreless' which lacks ")
+    assert "score_rows" in message and "aggregate" in message
     assert "tunesmith.core.contracts.Benchmark" in message
 
 

@@ -17,12 +17,24 @@ class Score:
     """A minimal Benchmark (the Protocol's members and nothing else)."""
 
     description = "always half"
+    needs = "generation"
+    requires = frozenset()
+    metrics = (contracts.MetricSpec("half", "mean"),)
 
     def __init__(self, name="acme_score"):
         self.name = name
 
-    def score(self, predictions, references):
-        return contracts.BenchmarkResult(metrics={"half": 0.5})
+    def validate_options(self, options):
+        pass
+
+    def requests(self, row, options):
+        return []
+
+    def score_rows(self, rows, options):
+        return [{"half": 0.5} for _ in rows]
+
+    def aggregate(self, stats, options):
+        return {"half": 0.5}
 
 
 class Method:
@@ -117,9 +129,9 @@ def test_block_list_resolves_a_duplicate(monkeypatch):
 
 
 def test_allow_list_loads_only_named_plugins(monkeypatch):
-    monkeypatch.setenv(ALLOW_ENV, "tunesmith_builtin.storage_local, tunesmith_builtin.benchmarks")
+    monkeypatch.setenv(ALLOW_ENV, "tunesmith_builtin.storage_local, tunesmith_builtin.bench_exact_match")
     reg = PluginRegistry(entry_points=False)
-    assert [p.name for p in reg.plugins] == ["tunesmith_builtin.benchmarks", "tunesmith_builtin.storage_local"]
+    assert [p.name for p in reg.plugins] == ["tunesmith_builtin.bench_exact_match", "tunesmith_builtin.storage_local"]
     assert reg.names("peft_methods") == []
     with pytest.raises(NotFound, match="no peft method named 'lora'"):
         reg.get("peft_methods", "lora")
@@ -200,16 +212,20 @@ def test_wrong_signatures_types_and_non_callables_are_refused():
     class Bad:
         name = 3  # not a str
         description = "d"
-        score = "not a method"
+        needs = "generation"
+        requires = frozenset()
+        metrics = ()
+        validate_options = requests = aggregate = None
+        score_rows = "not a method"
 
     msg = refusal("benchmarks", Bad())
-    assert "whose name is int, not str" in msg and "whose score is not callable" in msg
+    assert "whose name is int, not str" in msg and "whose score_rows is not callable" in msg
 
     class OneArg(Score):
-        def score(self, predictions):
+        def score_rows(self, rows):
             return None
 
-    assert "whose score does not accept score(predictions, references)" in refusal("benchmarks", OneArg())
+    assert "whose score_rows does not accept score_rows(rows, options)" in refusal("benchmarks", OneArg())
 
     class NoAdapterKeyword:
         name = "foo"

@@ -45,6 +45,7 @@ def cluster(tmp_path_factory):
     os.environ["HF_HUB_OFFLINE"] = "1"
     runtime = Runtime.create(str(root))
     servers = {s: start_service(s, runtime, port=0, host="127.0.0.1") for s in STUBS}
+    runtime.peers.update({s: r.address for s, r in servers.items()})
     c = Cluster(runtime, servers)
     yield c
     c.close()

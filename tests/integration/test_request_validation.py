@@ -23,6 +23,7 @@ from tunesmith.api.trainer.v1 import trainer_pb2
 from .conftest import banking_rows, write_csv
 
 C = grpc.StatusCode
+TWO = [{"label": "base", "model": "tiny"}, {"label": "tuned", "model": "tiny"}]
 INTENTS = ["card_arrival", "age_limit"]
 
 
@@ -36,6 +37,12 @@ def _spec(**kw) -> data_pb2.DatasetSpec:
 def world(cluster, tiny_model_dir, tmp_path_factory):
     """A tiny model "tiny", one dataset with train/validation splits, a served model "served"."""
     cluster.runtime.models.register("tiny", tiny_model_dir)
+    import shutil
+
+    other = tmp_path_factory.mktemp("other") / "tiny-other"  # the same weights, another artifact
+    shutil.copytree(tiny_model_dir, other)
+    (other / "README.md").write_text("another model\n")
+    cluster.runtime.models.register("tiny-other", str(other))
     path = write_csv(tmp_path_factory.mktemp("csv") / "rows.csv", banking_rows(INTENTS, 8))
     ds = cluster.data.RegisterDataset(data_pb2.RegisterDatasetRequest(source_uri=str(path), spec=_spec()),
                                       timeout=60).dataset
@@ -122,6 +129,9 @@ NAN = math.nan
 CASES = [
     # -- TrainerService.CreateTrainingJob ------------------------------------------------------
     ("trainer", "CreateTrainingJob", lambda w: training(w, base_model=""), C.INVALID_ARGUMENT, "spec.base_model"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, gate={"enabled": True, "suites": ["trivia"]}), C.INVALID_ARGUMENT, "spec.gate.suites[0]"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, gate={"enabled": True, "alpha": 1}), C.INVALID_ARGUMENT, "spec.gate.alpha"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, gate={"tolerance": 0.5}), C.INVALID_ARGUMENT, "spec.gate.enabled"),
     ("trainer", "CreateTrainingJob", lambda w: training(w, base_model="nope"), C.NOT_FOUND, "spec.base_model"),
     ("trainer", "CreateTrainingJob", lambda w: training(w, dataset_id=""), C.INVALID_ARGUMENT, "spec.dataset_id"),
     ("trainer", "CreateTrainingJob", lambda w: training(w, dataset_id="ds-nope"), C.NOT_FOUND, "spec.dataset_id"),
@@ -225,7 +235,6 @@ CASES = [
     ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=[{"label": "", "model": "tiny"}]), C.INVALID_ARGUMENT, "spec.models[0].label"),
     ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=[{"label": "a", "model": "nope"}]), C.NOT_FOUND, "spec.models[0].model"),
     ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=[{"label": "a", "model": "tiny"}, {"label": "a", "model": "tiny"}]), C.INVALID_ARGUMENT, "spec.models[1].label"),
-    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=[{"label": "a", "model": "tiny", "adapter": {"uri": "artifact://adapter/x"}}]), C.UNIMPLEMENTED, "spec.models[0].adapter"),
     ("evaluator", "CreateEvaluation", lambda w: evaluation(w, benchmarks=["bleurt"]), C.INVALID_ARGUMENT, "spec.benchmarks[0]"),
     ("evaluator", "CreateEvaluation", lambda w: evaluation(w, backend="onnx"), C.INVALID_ARGUMENT, "spec.backend"),
     ("evaluator", "CreateEvaluation", lambda w: evaluation(w, baseline="other"), C.INVALID_ARGUMENT, "spec.baseline"),
@@ -238,10 +247,31 @@ CASES = [
     ("evaluator", "CreateEvaluation", lambda w: evaluation(w, generation={"batch_size": 100_000}), C.INVALID_ARGUMENT, "spec.generation.batch_size"),
     ("evaluator", "CreateEvaluation", lambda w: evaluation(w, generation={"stop": [""]}), C.INVALID_ARGUMENT, "spec.generation.stop[0]"),
     ("evaluator", "CreateEvaluation", lambda w: evaluation(w, generation={"seed": -1}), C.INVALID_ARGUMENT, "spec.generation.seed"),
-    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, judge={"model": "tiny"}), C.UNIMPLEMENTED, "spec.judge"),
-    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, error_analysis=True), C.UNIMPLEMENTED, "spec.error_analysis"),
-    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, html_report=True), C.UNIMPLEMENTED, "spec.html_report"),
-    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, options={"k": 1}), C.UNIMPLEMENTED, "spec.options"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, judge={"rule": "shorter"}), C.INVALID_ARGUMENT, "spec.judge"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=TWO, judge={"rule": "shorter", "model": "served"}), C.INVALID_ARGUMENT, "spec.judge"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=TWO, judge={"rule": "nope"}), C.INVALID_ARGUMENT, "spec.judge.rule"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=TWO, judge={"rule": "shorter", "template": "nope"}), C.INVALID_ARGUMENT, "spec.judge.template"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=TWO, judge={"rule": "shorter", "elo_k": 500}), C.INVALID_ARGUMENT, "spec.judge.elo_k"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=TWO, judge={"rule": "shorter", "max_prompts": -1}), C.INVALID_ARGUMENT, "spec.judge.max_prompts"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=TWO, judge={"rule": "shorter", "leaderboard": "no spaces"}), C.INVALID_ARGUMENT, "spec.judge.leaderboard"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=TWO, judge={"model": "not-loaded"}), C.FAILED_PRECONDITION, "spec.judge.model"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, error_analysis=True, error_checks=["nope"]), C.INVALID_ARGUMENT, "spec.error_checks[0]"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, error_checks=["empty_answer"]), C.INVALID_ARGUMENT, "spec.error_checks"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, options={"nope": {}}), C.INVALID_ARGUMENT, "spec.options.nope"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, options={"exact_match": 3}), C.INVALID_ARGUMENT, "spec.options.exact_match"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, options={"exact_match": {"typo": 1}}), C.INVALID_ARGUMENT, "spec.options.exact_match.typo"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, options={"exact_match": {"x": NAN}}), C.INVALID_ARGUMENT, "spec.options.exact_match.x"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, benchmarks=["mc_loglikelihood"]), C.FAILED_PRECONDITION, "spec.benchmarks[0]"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, benchmarks=["exact_match", "exact_match"]), C.INVALID_ARGUMENT, "spec.benchmarks"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, gate={"enabled": True}), C.INVALID_ARGUMENT, "spec.gate"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=TWO, gate={"enabled": True, "suites": ["nope"]}), C.INVALID_ARGUMENT, "spec.gate.suites[0]"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=TWO, gate={"enabled": True, "alpha": 1.5}), C.INVALID_ARGUMENT, "spec.gate.alpha"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=TWO, gate={"enabled": True, "tolerance": -1}), C.INVALID_ARGUMENT, "spec.gate.tolerance"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=TWO, gate={"tolerance": 0.1}), C.INVALID_ARGUMENT, "spec.gate.enabled"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=[{"label": "a", "model": "tiny", "adapter": {"uri": "/etc/passwd"}}]), C.INVALID_ARGUMENT, "spec.models[0].adapter.uri"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=[{"label": "a", "model": "tiny", "adapter": {"uri": "artifact://adapter/" + "0" * 64}}]), C.NOT_FOUND, "spec.models[0].adapter.uri"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=[{"label": "a", "model": "tiny", "adapter": {"uri": w["prefix_adapter"], "kind": "model"}}]), C.INVALID_ARGUMENT, "spec.models[0].adapter.kind"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=[{"label": "a", "model": "tiny-other", "adapter": {"uri": w["prefix_adapter"]}}]), C.FAILED_PRECONDITION, "spec.models[0].adapter.uri"),
     ("evaluator", "GetEvaluation", lambda w: common_pb2.GetJobRequest(job_id="evalu-nope"), C.NOT_FOUND, "job_id"),
     ("evaluator", "CancelEvaluation", lambda w: common_pb2.CancelJobRequest(job_id="evalu-nope"), C.NOT_FOUND, "job_id"),
     ("evaluator", "ListEvaluations", lambda w: common_pb2.ListJobsRequest(page={"page_token": "!!"}), C.INVALID_ARGUMENT, "page.page_token"),

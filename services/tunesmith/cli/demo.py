@@ -129,13 +129,15 @@ def run_demo(args) -> int:
                      f"{result.final_train_loss:.3f}")
 
         # 3. Evaluate ---------------------------------------------------------------------
-        console.step(f"evaluating base vs tuned on {eval_rows} held-out rows (exact match, batched)")
+        console.step(f"evaluating base vs tuned on {eval_rows} held-out rows (exact match, accuracy, macro-F1; "
+                     "error analysis; regression gate on the general-ability suites; HTML report)")
         ev = ts.evaluator.create_evaluation(evaluator_pb2.EvaluationSpec(
-            dataset_id=test.id, split="validation", benchmarks=["exact_match"], baseline="base",
+            dataset_id=test.id, split="validation", benchmarks=["exact_match", "macro_f1"], baseline="base",
             models=[evaluator_pb2.ModelUnderTest(label="base", model=args.base_model),
-                    evaluator_pb2.ModelUnderTest(label="tuned", model=result.merged_model.uri)],
+                    evaluator_pb2.ModelUnderTest(label="tuned", model=result.merged_model.uri, training_job_id=job_id)],
             # max_new_tokens 0: the evaluator sizes it from the longest label, in tokens
             generation=evaluator_pb2.GenerationConfig(batch_size=50, stop=["\n"]),
+            error_analysis=True, html_report=True, gate=evaluator_pb2.RegressionGate(enabled=True),
             keep_samples=eval_rows))
         _follow_evaluation(console, ts.evaluator, ev.job.id)
         ev = ts.evaluator.get_evaluation(ev.job.id)
@@ -143,6 +145,7 @@ def run_demo(args) -> int:
             console.rich.print(f"[red]evaluation failed[/]: {ev.job.error.message}")
             return 1
         acc = {s.label: next(m.value for m in s.metrics if m.metric == "exact_match") for s in ev.report.scores}
+        macro_f1 = {s.label: next((m.value for m in s.metrics if m.metric == "macro_f1"), 0.0) for s in ev.report.scores}
         ci = {s.label: next((m.ci_low, m.ci_high) for m in s.metrics if m.metric == "exact_match") for s in ev.report.scores}
 
         # 4. Serve ------------------------------------------------------------------------
@@ -171,6 +174,15 @@ def run_demo(args) -> int:
             "base_accuracy": acc.get("base", 0.0), "tuned_accuracy": acc.get("tuned", 0.0),
             "base_accuracy_ci95": list(ci.get("base", (0, 0))), "tuned_accuracy_ci95": list(ci.get("tuned", (0, 0))),
             "p_value": next((c.p_value for c in ev.report.comparisons), 1.0),
+            "base_macro_f1": macro_f1.get("base", 0.0), "tuned_macro_f1": macro_f1.get("tuned", 0.0),
+            "gate": {"passed": ev.report.gate.passed,
+                     "checks": [{"suite": c.suite or "task", "metric": c.metric, "base": round(c.baseline_value, 4),
+                                 "tuned": round(c.candidate_value, 4), "p_value": c.p_value, "passed": c.passed}
+                                for c in ev.report.gate.checks]},
+            "errors": {label: {k: int(v) for k, v in sorted(m.values.items())}
+                       for label, m in sorted(ev.report.error_analysis.items())},
+            "confusions": [{"expected": c.reference, "answered": c.prediction, "count": c.count}
+                           for c in ev.report.confusions if c.label == "tuned"][:5],
             "train_rows": train_rows, "eval_rows": eval_rows, "intents": intents,
             "train_seconds": round(result.train_seconds, 1), "train_tokens_per_second": round(result.tokens_per_second, 1),
             "train_steps": result.steps, "first_train_loss": round(result.first_train_loss, 4),
@@ -179,6 +191,7 @@ def run_demo(args) -> int:
             "total_seconds": round(total, 1), "training_job_id": job_id, "evaluation_id": ev.job.id,
             "artifacts": {"adapter": result.adapter.uri, "merged_model": result.merged_model.uri,
                           "report": ev.report_artifact.uri},
+            "html_report": _html_path(ts, ev),
             "storage_root": ts.trainer.status().info.get("storage", ""),
             "serving": served_info, "samples": samples,
         }
@@ -194,6 +207,18 @@ def run_demo(args) -> int:
             cluster.stop()
 
 
+def _html_path(ts, ev) -> str:
+    """The HTML report's file under the storage root (the evaluator writes it into the report
+    artifact's folder)."""
+    if not ev.report.html_report.uri:
+        return ""
+    from tunesmith.core.formats.report import HTML_FILE
+
+    root = ts.evaluator.status().info.get("storage", "").removeprefix("file://")
+    kind_and_hash = ev.report.html_report.uri.removeprefix("artifact://")
+    return f"{root}/artifacts/{kind_and_hash}/{HTML_FILE}"
+
+
 def _pick_samples(samples, n: int = 5):
     """Five held-out rows, preferring ones where base and tuned differ (the interesting ones)."""
     differing = [s for s in samples if s.outputs["base"].strip() != s.outputs["tuned"].strip()]
@@ -202,7 +227,6 @@ def _pick_samples(samples, n: int = 5):
 
 def _follow_training(console: Console, trainer, job_id: str) -> None:
     from rich.progress import BarColumn, Progress, TextColumn
-
     from tunesmith.api.common.v1 import common_pb2
 
     with Progress(TextColumn("   training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
@@ -244,6 +268,18 @@ def _print_summary(console: Console, s: dict) -> None:
     r.print(f"base accuracy  [bold]{s['base_accuracy']:.1%}[/]  (95% CI {s['base_accuracy_ci95'][0]:.1%}-{s['base_accuracy_ci95'][1]:.1%})")
     r.print(f"tuned accuracy [bold green]{s['tuned_accuracy']:.1%}[/]  (95% CI {s['tuned_accuracy_ci95'][0]:.1%}-{s['tuned_accuracy_ci95'][1]:.1%}), "
             f"McNemar p = {s['p_value']:.2g}")
+    r.print(f"macro-F1: base {s['base_macro_f1']:.3f}, tuned {s['tuned_macro_f1']:.3f}")
+    gate = s["gate"]
+    r.print("regression gate (general-ability suites): " + ("[green]passed[/]" if gate["passed"] else "[red]FAILED[/]"))
+    for c in gate["checks"]:
+        r.print(f"  {c['suite']:<13} {c['metric']:<34} base {c['base']:.4g} -> tuned {c['tuned']:.4g}  "
+                f"p = {c['p_value']:.2g}  {'ok' if c['passed'] else 'FAILED'}")
+    for label, counts in s["errors"].items():
+        found = ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none"
+        r.print(f"error analysis, {label}: {found}")
+    if s["confusions"]:
+        r.print("most confused (tuned): " + "; ".join(f"{c['expected']} -> {c['answered']} ({c['count']})"
+                                                       for c in s["confusions"]))
     r.print(f"rows: {s['train_rows']} training, {s['eval_rows']} held-out; {len(s['intents'])} intents")
     r.print(f"training: {s['train_seconds']:.0f} s, {s['train_tokens_per_second']:.0f} tokens/s, "
             f"{s['train_steps']} steps, loss {s['first_train_loss']:.3f} -> {s['final_train_loss']:.3f}")
@@ -259,5 +295,7 @@ def _print_summary(console: Console, s: dict) -> None:
             f"root {s['storage_root']}):")
     for name, uri in s["artifacts"].items():
         r.print(f"  {name:<13} {uri}")
+    if s.get("html_report"):
+        r.print(f"HTML report: {s['html_report']}")
     r.print(f"total time: {s['total_seconds']:.0f} s")
 

@@ -78,6 +78,8 @@ class LocalCluster:
         env = dict(os.environ)
         if self.storage:
             env["TUNESMITH_HOME"] = self.storage
+        for service, address in self.addresses.items():  # each service can call the others (Runtime.peers)
+            env[f"TUNESMITH_{service.upper()}_ADDRESS"] = address
         for service, port in self.ports.items():
             out = open(os.path.join(self.log_dir, f"{service}.log"), "ab") if self.log_dir else subprocess.DEVNULL
             if self.log_dir:

@@ -37,3 +37,45 @@ def check_split(dataset, split: str, field: str, *, need_rows: bool = True) -> N
     if need_rows and not splits[split]:
         raise FailedPrecondition(f"split {split!r} of dataset {dataset.id} has no rows", field=field,
                                  code="empty_split")
+
+
+def check_adapter_artifact(storage, uri: str, field: str):
+    """The local folder of a stored peft adapter artifact, or InvalidArgument (not an artifact
+    URI) / NotFound (no adapter_config.json there), naming `field`."""
+    from tunesmith.core.errors import TunesmithError
+
+    if not uri:
+        raise InvalidArgument("is required: the adapter artifact (artifact://adapter/...)", field=field)
+    try:
+        folder = storage.local_path(uri)
+        present = (folder / "adapter_config.json").is_file()
+    except TunesmithError as exc:
+        raise InvalidArgument(exc.message, field=field) from None
+    if not present:
+        raise NotFound(f"{uri} is not a stored peft adapter (no adapter_config.json)", field=field,
+                       code="unknown_adapter")
+    return folder
+
+
+def check_adapter_base(models, folder, uri: str, model: str, field: str) -> None:
+    """FailedPrecondition unless the adapter in `folder` was trained on `model` (its recorded
+    base artifact is the model's artifact). Adapters without tunesmith-adapter.json (plain peft
+    folders) are compared by base_model_name_or_path."""
+    from tunesmith.core.formats.adapter import base_reference
+    from tunesmith.core.models import BUNDLED_NAME
+
+    base = base_reference(folder)
+    if not base:
+        return  # a plain peft folder that names no base: nothing to compare
+    if model == BUNDLED_NAME and not models.is_stored(model):
+        actual = ""
+    else:
+        try:
+            actual = models.get(model).artifact.uri
+        except (NotFound, InvalidArgument):
+            actual = ""
+    if base not in (actual, model):
+        raise FailedPrecondition(
+            f"adapter {uri} was trained on {base}, not on {model!r}"
+            + (f" ({actual})" if actual and actual != model else "")
+            + "; pair it with its own base model", field=field, code="adapter_base_mismatch")

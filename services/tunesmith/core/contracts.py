@@ -199,39 +199,171 @@ class PromptTemplate(Protocol):
 
 
 # --- Benchmarks ---------------------------------------------------------------------------
-@dataclass
-class BenchmarkResult:
-    """metrics: name -> value in [0, 1] unless documented; per_row: correctness per row or None.
+#: How a metric's confidence interval and paired test are computed (MetricSpec.statistic):
+#: - "binary": a mean of per-row 0/1 values; bootstrap interval, McNemar's exact test;
+#: - "mean":   a mean of per-row real values; bootstrap interval, paired permutation test;
+#: - "corpus": not a mean of rows (macro-F1, BLEU, ROUGE-Lsum, perplexity); recomputed from the
+#:   resampled rows' statistics for the bootstrap interval and a paired bootstrap test.
+METRIC_STATISTICS = frozenset({"binary", "mean", "corpus"})
 
-    Services read only `metrics` and `per_row`; a plugin may return any object with those two
-    attributes.
+#: What a benchmark needs from the model (Benchmark.needs).
+BENCHMARK_NEEDS = frozenset({"generation", "loglikelihood"})
+
+#: Dataset facts a benchmark may require (Benchmark.requires); CreateEvaluation refuses a
+#: dataset that lacks one: "labels" (a label set: a classification dataset or options.labels),
+#: "choices" (a multiple-choice dataset: rows with choices and a gold index).
+BENCHMARK_REQUIREMENTS = frozenset({"labels", "choices"})
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric a benchmark reports. name: key in aggregate()'s dict; statistic: one of
+    METRIC_STATISTICS; higher_is_better: False for e.g. perplexity (the regression gate and the
+    report read deltas with it)."""
+
+    name: str
+    statistic: str
+    higher_is_better: bool = True
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class LogLikelihood:
+    """Log-likelihood of one continuation given its context, as lm-evaluation-harness defines it.
+
+    logprob: summed natural-log probability of the continuation's tokens; tokens: how many
+    continuation tokens; is_greedy: every continuation token was the argmax."""
+
+    logprob: float
+    tokens: int
+    is_greedy: bool
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One evaluated row, as benchmarks and error checks see it.
+
+    prompt / reference: the rendered prompt and the reference completion (stripped).
+    prediction / finish_reason / completion_tokens: the model's generated answer
+    ("stop" | "length" | "cancelled"), empty for benchmarks that only need log-likelihoods.
+    labels: the dataset's label set (classification), else ().
+    choices / gold: a multiple-choice row's choices and the index of the right one, else () / -1.
+    loglikelihoods: one per request of Benchmark.requests(row), in order (loglikelihood
+    benchmarks only).
+    max_new_tokens: the generation limit the answer ran under (0 when none).
     """
 
-    metrics: dict[str, float]
-    per_row: list[bool] | None = None
+    prompt: str
+    reference: str
+    prediction: str = ""
+    finish_reason: str = ""
+    completion_tokens: int = 0
+    labels: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+    gold: int = -1
+    loglikelihoods: tuple[LogLikelihood, ...] = ()
+    max_new_tokens: int = 0
 
 
 @runtime_checkable
 class Benchmark(Protocol):
-    """Scores generated answers against references.
+    """Scores rows: per-row statistics, and a corpus-level aggregate computed from them.
 
     Attributes:
         name: registry name, e.g. "exact_match".
         description: one line for users.
+        needs: "generation" (scores EvalRow.prediction) or "loglikelihood" (scores
+            EvalRow.loglikelihoods for the (context, continuation) pairs requests() asks for).
+        requires: subset of BENCHMARK_REQUIREMENTS the dataset must provide.
+        metrics: the MetricSpecs aggregate() returns, in report order.
+
+    The evaluator calls score_rows once over all rows, then aggregate() on all of them for the
+    reported value and on resampled lists (rows drawn with replacement) for bootstrap intervals
+    and the paired bootstrap test. For "binary" and "mean" metrics each row statistic must hold
+    that row's value under the metric's name (the evaluator reads it for McNemar's and the
+    permutation test), and aggregate() must return their mean.
+    """
+
+    name: str
+    description: str
+    needs: str
+    requires: frozenset[str]
+    metrics: tuple[MetricSpec, ...]
+
+    def validate_options(self, options: dict[str, Any]) -> None:
+        """Raise InvalidArgument(field=<option key>) for an unknown or bad option (e.g. a typo);
+        called at CreateEvaluation with EvaluationSpec.options[<benchmark name>] (or {})."""
+
+    def requests(self, row: EvalRow, options: dict[str, Any]) -> list[tuple[str, str]]:
+        """(context, continuation) pairs whose log-likelihoods this row needs; [] for
+        generation benchmarks."""
+
+    def score_rows(self, rows: Sequence[EvalRow], options: dict[str, Any]) -> list[dict[str, Any]]:
+        """One statistics dict per row, in row order (JSON-serialisable, deterministic)."""
+
+    def aggregate(self, stats: Sequence[dict[str, Any]], options: dict[str, Any]) -> dict[str, float]:
+        """Every metric in `metrics` from the given row statistics (which may repeat rows).
+        With no rows, each metric's worst value or 0.0. Predictions equal to their references
+        get each metric's best value."""
+
+
+# --- Error analysis ---------------------------------------------------------------------------
+@runtime_checkable
+class ErrorCheck(Protocol):
+    """One kind of mistake the evaluator counts per model (empty answers, repetition, ...).
+
+    Attributes:
+        name: registry name, e.g. "empty_answer".
+        description: one line for users, shown in the report.
+        categories: every category classify() may return (e.g. ("invalid_label.near_miss",
+            "invalid_label.invented")); one category per check is the usual case.
+    """
+
+    name: str
+    description: str
+    categories: tuple[str, ...]
+
+    def classify(self, row: EvalRow) -> str | None:
+        """The category this row's prediction falls in, or None when the check does not apply
+        or finds nothing. Deterministic; must not raise for any prediction text."""
+
+
+# --- Pairwise judging -------------------------------------------------------------------------
+#: What a judge may answer about a pair: the first answer (A), the second (B), or a tie.
+VERDICTS = frozenset({"A", "B", "tie"})
+
+
+@runtime_checkable
+class JudgeTemplate(Protocol):
+    """Turns a pairwise comparison into a judge prompt and reads the judge's reply.
+
+    Attributes: name (registry name), description (one line).
     """
 
     name: str
     description: str
 
-    def score(self, predictions: Sequence[str], references: Sequence[str]) -> BenchmarkResult:
-        """Score aligned predictions and references (positional arguments).
+    def render(self, prompt: str, answer_a: str, answer_b: str, *, rubric: str = "",
+               reference: str = "") -> str:
+        """The prompt the judge model sees."""
 
-        Every metric is higher-is-better (the evaluator's regression gate treats a drop as a
-        regression) and in [0, 1] unless the benchmark documents otherwise; predictions equal to
-        their references get each metric's best value. per_row is None or one bool per row (the
-        evaluator bootstraps confidence intervals and McNemar's test from it). Deterministic.
-        Different lengths raise InvalidArgument (or ValueError).
-        """
+    def parse(self, reply: str) -> str:
+        """The verdict in VERDICTS that the judge's reply gives ("tie" when it gives none)."""
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """A rule that compares two answers to one prompt without a model (for tests and for
+    checks that need no model: "shorter", "matches the reference", ...).
+
+    Attributes: name (registry name), description (one line).
+    """
+
+    name: str
+    description: str
+
+    def compare(self, prompt: str, answer_a: str, answer_b: str, *, reference: str = "") -> str:
+        """A verdict in VERDICTS. Deterministic."""
 
 
 # --- Inference backends -------------------------------------------------------------------
@@ -305,6 +437,14 @@ class LoadedModel(Protocol):
 
     def stream(self, prompt: PromptInput, sampling: Sampling, *, adapter: str | None = None) -> GenerationStream:
         """Text deltas for one prompt; with greedy sampling they join to generate()'s text."""
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]], *,
+                      adapter: str | None = None) -> list[LogLikelihood]:
+        """One LogLikelihood per (context, continuation), in order, from the prompt's log-probs
+        (no generation). Tokenised as lm-evaluation-harness does: trailing whitespace of the
+        context moves to the front of the continuation, the pair is encoded whole and the
+        continuation is the tokens after the context's own encoding. An empty continuation
+        raises InvalidArgument(field="continuation")."""
 
     def load_adapter(self, name: str, path: str) -> None:
         """Load the peft adapter folder `path` under `name` (loading a name again replaces it).

@@ -54,10 +54,37 @@ def register_templates(register: Register) -> None:
 
 @hookspec
 def register_benchmarks(register: Register) -> None:
-    """Register benchmarks (metrics over generated answers): ``register(name, benchmark)``.
+    """Register benchmarks (metrics over generated answers or log-likelihoods): ``register(name, benchmark)``.
 
     benchmark: a tunesmith.core.contracts.Benchmark (e.g. "exact_match").
     Called by: the evaluator service.
+    Collect-all; a name registered twice is a PluginError.
+    """
+
+
+@hookspec
+def register_error_checks(register: Register) -> None:
+    """Register error-analysis checks: ``register(name, check)``.
+    check: a tunesmith.core.contracts.ErrorCheck (e.g. "empty_answer", "repetition").
+    Called by: the evaluator service when an evaluation asks for error analysis.
+    Collect-all; a name registered twice is a PluginError.
+    """
+
+
+@hookspec
+def register_judges(register: Register) -> None:
+    """Register rule-based pairwise judges: ``register(name, judge)``.
+    judge: a tunesmith.core.contracts.Judge (e.g. "reference_match").
+    Called by: the evaluator service for JudgeConfig.rule.
+    Collect-all; a name registered twice is a PluginError.
+    """
+
+
+@hookspec
+def register_judge_templates(register: Register) -> None:
+    """Register prompt templates for model judges: ``register(name, template)``.
+    template: a tunesmith.core.contracts.JudgeTemplate (e.g. "pairwise").
+    Called by: the evaluator service for JudgeConfig.template.
     Collect-all; a name registered twice is a PluginError.
     """
 
@@ -99,6 +126,9 @@ REGISTRY_KINDS: dict[str, str] = {
     "register_training_recipes": "training_recipes",
     "register_templates": "templates",
     "register_benchmarks": "benchmarks",
+    "register_error_checks": "error_checks",
+    "register_judges": "judges",
+    "register_judge_templates": "judge_templates",
     "register_storage_backends": "storage_backends",
     "register_inference_backends": "inference_backends",
     "register_training_executors": "training_executors",

@@ -1,7 +1,8 @@
 """What every service process shares: storage, plugin registry, model store (built once)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from tunesmith.core.plugins import PluginRegistry, get_registry
@@ -12,6 +13,10 @@ from tunesmith.core.storage import LocalStorage, open_storage
 class Runtime:
     storage: LocalStorage
     registry: PluginRegistry
+    #: Other services' gRPC addresses by short name ("inference", ...), for the calls one service
+    #: makes to another (the evaluator's model judge). From TUNESMITH_<SERVICE>_ADDRESS; `tunesmith up`
+    #: and `tunesmith demo` set them. Services talk through gRPC and storage, never each other's code.
+    peers: dict[str, str] = field(default_factory=lambda: peers_from_env())
 
     @classmethod
     def create(cls, root: str | None = None, registry: PluginRegistry | None = None) -> "Runtime":
@@ -31,3 +36,14 @@ class Runtime:
         from tunesmith.core.formats.dataset import DatasetRecords
 
         return DatasetRecords(self.storage)
+
+
+def peers_from_env(environ=None) -> dict[str, str]:
+    """{"inference": "localhost:50054", ...} from TUNESMITH_<SERVICE>_ADDRESS variables."""
+    environ = os.environ if environ is None else environ
+    out = {}
+    for service in ("data", "trainer", "evaluator", "inference"):
+        address = environ.get(f"TUNESMITH_{service.upper()}_ADDRESS", "").strip()
+        if address:
+            out[service] = address
+    return out

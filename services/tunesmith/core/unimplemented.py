@@ -18,15 +18,6 @@ REFUSED: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "tunesmith.api.trainer.v1.TrainingJobSpec": {
         "serve_as": (bool, "handing a finished model to the inference service is not built yet"),
     },
-    "tunesmith.api.evaluator.v1.EvaluationSpec": {
-        "judge": (bool, "judging and Elo ratings are not built yet"),
-        "error_analysis": (bool, "error analysis is not built yet"),
-        "html_report": (bool, "the HTML report is not built yet"),
-        "options": (bool, "benchmark options are not built yet"),
-    },
-    "tunesmith.api.evaluator.v1.ModelUnderTest": {
-        "adapter": (bool, "evaluating an adapter on its base is not built yet; evaluate the merged model"),
-    },
     "tunesmith.api.inference.v1.GenerateRequest": {
         "logprobs": (bool, "token log-probabilities are not built yet"),
     },

@@ -24,6 +24,11 @@ Contracts:
   e.g. in a CSV cell), each answer text or one assistant message. A chat-form prompt renders only
   with a template that needs a tokenizer ("chat"): the conversation plus each answer as the
   assistant's turn; it is kept normalised in the example's fields.
+- Multiple-choice rows (question, choices, answer): choices a list of texts (or a JSON string of
+  one, e.g. in a CSV cell), at least 2, non-empty and distinct (surrounding whitespace
+  stripped); answer a 0-based index, a letter A-Z or the right choice's text
+  (tunesmith.core.formats.dataset.choice_index). The prepared example carries `choices` and
+  `gold` (the index) next to prompt and completion; its fields keep answer as the index.
 - Token statistics (when a tokenizer is given) count the prompt as the trainer and the inference
   backends tokenize it (tunesmith.core.tokens.encode_prompts: the tokenizer's special tokens, but
   no second BOS for a prompt that already starts with one, e.g. a rendered chat template) and the
@@ -39,12 +44,12 @@ from typing import Any, Iterable, Mapping
 
 from tunesmith.core.contracts import PromptTemplate
 from tunesmith.core.errors import DataValidationError, InvalidArgument
-from tunesmith.core.formats.dataset import DatasetManifest
+from tunesmith.core.formats.dataset import SCHEMA_NUMBERS, DatasetManifest, choice_index
 
 MAX_ISSUES = 100
 
-SCHEMAS: tuple[str, ...] = ("classification", "alpaca", "chat", "prompt_completion", "text", "preference")
-_SCHEMA_NUMBERS = {0: "", 1: "classification", 2: "alpaca", 3: "chat", 4: "prompt_completion", 5: "text", 6: "preference"}
+SCHEMAS: tuple[str, ...] = ("classification", "alpaca", "chat", "prompt_completion", "text", "preference",
+                             "multiple_choice")
 
 #: Canonical fields each schema needs.
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
@@ -54,6 +59,7 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
     "preference": ("prompt", "chosen", "rejected"),
+    "multiple_choice": ("question", "choices", "answer"),
 }
 #: Canonical fields each schema reads when present. "label" lets any schema stratify and filter.
 OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
@@ -63,6 +69,7 @@ OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "prompt_completion": ("label",),
     "text": ("label",),
     "preference": ("label",),
+    "multiple_choice": ("label",),
 }
 #: The template a schema uses when the spec names none.
 DEFAULT_TEMPLATES: dict[str, str] = {
@@ -72,6 +79,7 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "prompt_completion": "plain",
     "text": "plain",
     "preference": "plain",
+    "multiple_choice": "multiple_choice",
 }
 ERROR_CODES = frozenset(
     {"missing_column", "missing_field", "empty_value", "bad_type", "bad_json", "bad_value", "template_error"}
@@ -88,9 +96,9 @@ def normalize_schema(value: str | int | None) -> str:
     if value is None:
         return "classification"
     if isinstance(value, int) and not isinstance(value, bool):
-        if value not in _SCHEMA_NUMBERS:
+        if value not in SCHEMA_NUMBERS:
             raise InvalidArgument(f"unknown schema number {value}", field="schema")
-        return _SCHEMA_NUMBERS[value] or "classification"
+        return SCHEMA_NUMBERS[value] or "classification"
     name = str(value).strip().lower()
     if name.startswith("schema_"):
         name = name[len("schema_"):]
@@ -179,7 +187,8 @@ class PrepareSpec:
 @dataclass
 class PreparedDataset:
     """What prepare() returns. Example dicts: source_row, prompt, completion, label, fields
-    (+ rejected for preference rows). statistics: split -> SplitStatistics-shaped dict."""
+    (+ rejected for preference rows; + choices and gold for multiple_choice rows).
+    statistics: split -> SplitStatistics-shaped dict."""
 
     source: str
     spec: PrepareSpec
@@ -346,6 +355,49 @@ def _preference_value(canonical: str, value: Any) -> tuple[Any, str | None, str]
     return _text_value(value)
 
 
+def _choices_value(value: Any) -> tuple[list[str] | None, str | None, str]:
+    """A multiple-choice row's choices: a list of texts, or a JSON string of one (a CSV cell);
+    at least 2, each non-empty text (numbers become text), distinct after stripping."""
+    if value is None:
+        return None, "empty_value", "empty value"
+    if isinstance(value, str):
+        if not value.strip():
+            return None, "empty_value", "empty value"
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            return None, "bad_json", f"choices are not a valid JSON list: {exc.msg} (column {exc.colno})"
+    if not isinstance(value, list):
+        return None, "bad_type", f"expected a list of choices, got {_type_name(value)}"
+    out: list[str] = []
+    for i, choice in enumerate(value):
+        text, code, message = _text_value(choice)
+        if code:
+            return None, code, f"choice {i}: {message}"
+        out.append(text.strip())
+    if len(out) < 2:
+        return None, "bad_value", f"a multiple-choice row needs at least 2 choices, got {len(out)}"
+    seen: dict[str, int] = {}
+    for i, choice in enumerate(out):
+        if choice in seen:
+            return None, "bad_value", f"choices {seen[choice]} and {i} are the same text {choice!r}"
+        seen[choice] = i
+    return out, None, ""
+
+
+def _answer_value(value: Any, choices: list[str]) -> tuple[int | None, str | None, str]:
+    """A multiple-choice row's answer as the right choice's index (see choice_index)."""
+    if value is None or (isinstance(value, str) and not value.strip()) or (
+            isinstance(value, float) and math.isnan(value)):
+        return None, "empty_value", "empty value"
+    if isinstance(value, (list, tuple, dict, bool)):
+        return None, "bad_type", f"expected an index, a letter or the choice text, got {_type_name(value)}"
+    try:
+        return choice_index(choices, value), None, ""
+    except ValueError as exc:
+        return None, "bad_value", str(exc)
+
+
 def _validate_row(number: int, raw: dict[str, Any], spec: PrepareSpec, resolved: dict[str, str],
                   issues: list[dict[str, Any]]) -> dict[str, Any] | None:
     required = REQUIRED_FIELDS[spec.schema]
@@ -363,6 +415,11 @@ def _validate_row(number: int, raw: dict[str, Any], spec: PrepareSpec, resolved:
             parsed, code, message = _messages_value(value)
         elif spec.schema == "preference" and canonical in ("prompt", "chosen", "rejected"):
             parsed, code, message = _preference_value(canonical, value)
+        elif spec.schema == "multiple_choice" and canonical == "choices":
+            parsed, code, message = _choices_value(value)
+        elif spec.schema == "multiple_choice" and canonical == "answer":
+            out[canonical] = value  # checked against the choices below
+            continue
         else:
             parsed, code, message = _text_value(value)
             if not is_required and code == "empty_value":
@@ -372,6 +429,16 @@ def _validate_row(number: int, raw: dict[str, Any], spec: PrepareSpec, resolved:
             ok = False
             continue
         out[canonical] = parsed
+    if spec.schema == "multiple_choice" and "answer" in out:
+        if "choices" in out:
+            index, code, message = _answer_value(out["answer"], out["choices"])
+            if code:
+                issues.append(_issue(number, resolved["answer"], code, message))
+                ok = False
+            else:
+                out["answer"] = index
+        else:  # the choices are already reported; the answer cannot be checked without them
+            ok = False
     return out if ok else None
 
 
@@ -500,6 +567,9 @@ def _render(valid: list[tuple[int, dict[str, Any]]], spec: PrepareSpec, template
                    "label": _label(spec.schema, fields), "fields": fields}
         if spec.schema == "preference":
             example["rejected"] = rejected_text
+        elif spec.schema == "multiple_choice":
+            example["choices"] = list(fields["choices"])
+            example["gold"] = int(fields["answer"])
         examples.append(example)
     return examples
 

@@ -30,6 +30,7 @@ takes 30-60 s).
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 import re
@@ -65,6 +66,7 @@ SAMPLE_ROWS: dict[str, dict[str, Any]] = {
     "text": {"text": "The quick brown fox jumps over the lazy dog."},
     "preference": {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "Go away.",
                    "completion": "Hi!", "output": "Hi!"},
+    "multiple_choice": {"question": "Which is a fruit?", "choices": ["carrot", "apple", "leek"], "answer": 1},
 }
 
 CHATML_TEMPLATE = (
@@ -519,61 +521,250 @@ def check_template(template: Any, *, schemas: Iterable[str] | None = None, token
 
 
 # --- benchmarks -------------------------------------------------------------------------------
-def _score(what: str, benchmark: Any, predictions: list[str], references: list[str],
-           unbounded: frozenset[str]) -> tuple[dict[str, float], list[bool] | None]:
-    result = benchmark.score(list(predictions), list(references))
-    metrics, per_row = getattr(result, "metrics", None), getattr(result, "per_row", "missing")
-    _require(isinstance(metrics, dict) and metrics, f"{what}: score() returned no metrics dict")
-    _require(per_row != "missing", f"{what}: score()'s result has no per_row attribute")
-    for name, value in metrics.items():
-        _require(isinstance(name, str) and isinstance(value, (int, float)) and not isinstance(value, bool)
-                 and math.isfinite(value), f"{what}: metric {name!r} = {value!r} is not a finite number")
-        _require(name in unbounded or 0.0 <= value <= 1.0, f"{what}: metric {name!r} = {value} is outside [0, 1]")
-    if per_row is not None:
-        _require(isinstance(per_row, (list, tuple)) and len(per_row) == len(predictions)
-                 and all(isinstance(x, bool) for x in per_row),
-                 f"{what}: per_row must be None or one bool per row ({len(predictions)}), got {per_row!r}")
-        per_row = list(per_row)
-    return {k: float(v) for k, v in metrics.items()}, per_row
+#: References check_benchmark scores by default: JSON objects holding a label, a sentence of
+#: several words and a number, so that every kind of built-in benchmark (labels, text overlap,
+#: BLEU's 4-grams, JSON fields, final numbers) has something to match. The wrong answers
+#: ("zz wrong answer <i>") share no label, words, field or number with them.
+BENCHMARK_REFERENCES = (
+    '{"intent": "card_arrival", "text": "my new card has not arrived yet", "amount": 12}',
+    '{"intent": "change_pin", "text": "how do I change the PIN of my card", "amount": 40}',
+    '{"intent": "exchange_rate", "text": "which exchange rate do you use for euros", "amount": 7.5}',
+    '{"intent": "card_arrival", "text": "my new card has not arrived yet", "amount": 12}',
+    '{"intent": "top_up_limits", "text": "is there a limit on how much I can top up", "amount": 250}',
+    '{"intent": "lost_or_stolen_phone", "text": "someone stole my phone with the app on it", "amount": 99}',
+)
+
+#: Multiple-choice rows (prompt, choices, gold) for loglikelihood benchmarks.
+BENCHMARK_CHOICE_ROWS = (
+    ("Question: What is the capital of France?\nAnswer:", ("Paris", "London", "Berlin", "Madrid"), 0),
+    ("Question: How many legs does a spider have?\nAnswer:", ("six", "eight", "four", "ten"), 1),
+    ("Question: Which planet is called the red planet?\nAnswer:", ("Venus", "Jupiter", "Mars", "Saturn"), 2),
+    ("Question: What do bees make?\nAnswer:", ("milk", "silk", "paper", "honey"), 3),
+)
+
+_TOL = 1e-9
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=_TOL, abs_tol=_TOL)
+
+
+def _metric_specs(what: str, benchmark: Any) -> list[Any]:
+    """benchmark.metrics checked: a non-empty sequence of MetricSpec-like objects (name: str,
+    statistic in METRIC_STATISTICS, higher_is_better: bool), names unique."""
+    specs = benchmark.metrics
+    _require(isinstance(specs, (tuple, list)) and specs, f"{what}: metrics must be a non-empty tuple of MetricSpec")
+    names = []
+    for spec in specs:
+        name, statistic = getattr(spec, "name", None), getattr(spec, "statistic", None)
+        _require(isinstance(name, str) and name, f"{what}: a metric has no name: {spec!r}")
+        _require(statistic in c.METRIC_STATISTICS,
+                 f"{what}: metric {name!r} has statistic {statistic!r}, not one of {sorted(c.METRIC_STATISTICS)}")
+        _require(isinstance(getattr(spec, "higher_is_better", None), bool),
+                 f"{what}: metric {name!r} higher_is_better must be a bool")
+        names.append(name)
+    _require(len(set(names)) == len(names), f"{what}: metric names repeat: {names}")
+    return list(specs)
+
+
+def _generation_rows(benchmark: Any, references: Sequence[str], predictions: Sequence[str]) -> list[c.EvalRow]:
+    requires = set(benchmark.requires)
+    labels = tuple(sorted(set(references))) if "labels" in requires else ()
+    choices = tuple(sorted(set(references))) if "choices" in requires else ()
+    return [c.EvalRow(prompt=f"Row {i}: answer as the reference does.", reference=ref, prediction=pred,
+                      finish_reason="stop", completion_tokens=len(pred.split()), labels=labels, choices=choices,
+                      gold=choices.index(ref) if choices else -1, max_new_tokens=64)
+            for i, (ref, pred) in enumerate(zip(references, predictions))]
+
+
+def _loglikelihood_rows(what: str, benchmark: Any, options: dict[str, Any], good: Sequence[bool]) -> list[c.EvalRow]:
+    """BENCHMARK_CHOICE_ROWS with log-likelihoods for their requests: in a good row the gold
+    choice (and any continuation that is no choice, e.g. the reference for perplexity) is far
+    likelier than the other choices; in a bad row the reverse."""
+    rows = []
+    for i, is_good in enumerate(good):
+        prompt, choices, gold = BENCHMARK_CHOICE_ROWS[i % len(BENCHMARK_CHOICE_ROWS)]
+        row = c.EvalRow(prompt=prompt, reference=choices[gold], choices=choices, gold=gold,
+                        labels=choices if "labels" in set(benchmark.requires) else ())
+        requests = benchmark.requests(row, dict(options))
+        _require(isinstance(requests, list) and requests
+                 and all(isinstance(r, tuple) and len(r) == 2 and all(isinstance(x, str) for x in r) for r in requests),
+                 f"{what}: requests() must return a non-empty list of (context, continuation) string pairs, "
+                 f"got {requests!r}")
+        _require(benchmark.requests(row, dict(options)) == requests, f"{what}: requests() is not deterministic")
+        lls = []
+        for _context, continuation in requests:
+            matches = [j for j, choice in enumerate(choices) if continuation.strip() == choice.strip()]
+            favoured = not matches or matches[0] == gold
+            tokens = max(1, len(continuation.split()))
+            likely = favoured == is_good
+            lls.append(c.LogLikelihood(logprob=(-0.1 if likely else -10.0) * tokens, tokens=tokens, is_greedy=likely))
+        rows.append(replace(row, loglikelihoods=tuple(lls)))
+    return rows
+
+
+def _bounded(benchmark: Any, spec: Any, unbounded: frozenset[str]) -> bool:
+    """Whether a metric must lie in [0, 1] with 1.0 its best value: binary metrics, and a
+    generation benchmark's higher-is-better metrics (accuracy, F1, ROUGE, BLEU / 100), except
+    `unbounded` ones. Loglikelihood metrics other than binary ones (mean log-probability,
+    perplexity) have no fixed range."""
+    if spec.name in unbounded:
+        return False
+    return spec.statistic == "binary" or (benchmark.needs == "generation" and spec.higher_is_better)
+
+
+def _score(what: str, benchmark: Any, rows: list[c.EvalRow], options: dict[str, Any], specs: list[Any],
+           unbounded: frozenset[str]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """score_rows then aggregate, checked: one JSON-serialisable dict per row; every metric a
+    finite number (in [0, 1] where _bounded); binary/mean rows hold their value (binary: 0 or 1)
+    and the aggregate is their mean."""
+    import json
+
+    stats = benchmark.score_rows(list(rows), dict(options))
+    _require(isinstance(stats, list) and len(stats) == len(rows) and all(isinstance(s, dict) for s in stats),
+             f"{what}: score_rows() must return one dict per row ({len(rows)}), got {type(stats).__name__}"
+             f"{'' if not isinstance(stats, list) else f' of {len(stats)}'}")
+    try:
+        json.dumps(stats, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ContractViolation(f"{what}: score_rows() statistics are not JSON-serialisable: {exc}") from None
+    row_values: dict[str, list[Any]] = {}
+    for spec in specs:
+        if spec.statistic in ("binary", "mean"):
+            per_row = row_values[spec.name] = [s.get(spec.name) for s in stats]
+            _require(all(isinstance(x, (int, float)) and math.isfinite(x) for x in per_row),
+                     f"{what}: {spec.statistic} metric {spec.name!r}: every row statistic must hold the row's "
+                     f"value under {spec.name!r}, got {per_row!r}")
+            if spec.statistic == "binary":
+                _require(all(x in (0, 1) for x in per_row),
+                         f"{what}: binary metric {spec.name!r}: row values must be 0 or 1, got {per_row!r}")
+    before = copy.deepcopy(stats)
+    values = benchmark.aggregate(stats, dict(options))
+    _require(stats == before, f"{what}: aggregate() changed the row statistics it was given")
+    _require(isinstance(values, dict), f"{what}: aggregate() must return a dict, got {type(values).__name__}")
+    out = {}
+    for spec in specs:
+        value = values.get(spec.name)
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                 f"{what}: aggregate() metric {spec.name!r} = {value!r} is not a finite number")
+        _require(not _bounded(benchmark, spec, unbounded) or 0.0 <= value <= 1.0,
+                 f"{what}: metric {spec.name!r} = {value} is outside [0, 1]")
+        out[spec.name] = float(value)
+        per_row = row_values.get(spec.name)
+        if per_row:
+            mean = sum(float(x) for x in per_row) / len(per_row)
+            _require(_close(mean, value), f"{what}: {spec.statistic} metric {spec.name!r} = {value} is not the "
+                                              f"mean of its row values ({mean})")
+    return out, stats
 
 
 def check_benchmark(benchmark: Any, *, references: Sequence[str] | None = None,
-                    unbounded_metrics: Iterable[str] = ()) -> None:
-    """A Benchmark keeps its contract.
+                    unbounded_metrics: Iterable[str] = (), options: dict[str, Any] | None = None) -> None:
+    """A Benchmark keeps its contract (tunesmith.core.contracts.Benchmark).
 
-    - Metrics are finite numbers in [0, 1] (except `unbounded_metrics`), the same names each call.
-    - Predictions equal to the references score at least as high on every metric as half-wrong
-      ones, which score at least as high as all-wrong ones; perfect beats all-wrong on some metric.
-    - per_row is None or one bool per row: all True for perfect, all False for all-wrong, exactly
-      the right rows for half-wrong.
-    - Scoring is deterministic; predictions and references of different lengths raise
-      InvalidArgument or ValueError.
+    - It satisfies the Protocol; needs is in BENCHMARK_NEEDS, requires a subset of
+      BENCHMARK_REQUIREMENTS, metrics MetricSpecs with valid statistics and unique names.
+    - validate_options({}) passes; an unknown option raises InvalidArgument naming it (field).
+    - Generation benchmarks ask for no log-likelihoods (requests() == []) and are scored on
+      `references` (default BENCHMARK_REFERENCES) with perfect, half-right and all-wrong
+      predictions; loglikelihood benchmarks on multiple-choice rows whose log-likelihoods make the
+      gold choice clearly likeliest (good), or clearly not (bad).
+    - score_rows gives one JSON-serialisable dict per row; every metric is a finite number;
+      binary metrics, and a generation benchmark's higher-is-better metrics (except
+      `unbounded_metrics`), lie in [0, 1]; binary/mean row statistics hold the row's value and
+      the aggregate is their mean; aggregate() leaves its input alone and scores a row list
+      twice over the same as once (binary/mean); a JSON round trip of the statistics
+      aggregates the same, and an empty list gives a number (worst value or 0.0) per metric.
+    - Better answers never score worse (perfect, half, wrong, by each metric's direction) and
+      some metric scores perfect above wrong; perfect answers get 1.0 on each metric that must
+      lie in [0, 1] and where higher is better.
+    - Scoring is deterministic.
     """
+    import json
+
     what = f"benchmark {_label(benchmark)}"
     check_conforms(benchmark, c.Benchmark, what)
-    refs = list(references or ["card_arrival", "change_pin", "exchange_rate", "card_arrival", "top_up_limits",
-                               "lost_or_stolen_phone"])
+    _require(isinstance(benchmark.name, str) and benchmark.name, f"{what}: name must be a non-empty string")
+    _require(isinstance(benchmark.description, str) and benchmark.description.strip(),
+             f"{what}: description must be a non-empty string")
+    _require(benchmark.needs in c.BENCHMARK_NEEDS,
+             f"{what}: needs is {benchmark.needs!r}, not one of {sorted(c.BENCHMARK_NEEDS)}")
+    requires = benchmark.requires
+    _require(isinstance(requires, (frozenset, set)) and set(requires) <= c.BENCHMARK_REQUIREMENTS,
+             f"{what}: requires must be a frozenset of {sorted(c.BENCHMARK_REQUIREMENTS)}, got {requires!r}")
+    specs = _metric_specs(what, benchmark)
     unbounded = frozenset(unbounded_metrics)
-    wrong = [f"zz wrong answer {i}" for i in range(len(refs))]
-    half = [r if i % 2 == 0 else wrong[i] for i, r in enumerate(refs)]
-    perfect_m, perfect_rows = _score(what, benchmark, list(refs), refs, unbounded)
-    half_m, half_rows = _score(what, benchmark, half, refs, unbounded)
-    wrong_m, wrong_rows = _score(what, benchmark, wrong, refs, unbounded)
-    _require(set(perfect_m) == set(half_m) == set(wrong_m), f"{what}: the metric names change between calls")
-    for name in perfect_m:
-        _require(perfect_m[name] >= half_m[name] >= wrong_m[name],
-                 f"{what}: metric {name!r} is not higher for better answers "
-                 f"(perfect {perfect_m[name]}, half right {half_m[name]}, all wrong {wrong_m[name]})")
-    _require(any(perfect_m[n] > wrong_m[n] for n in perfect_m),
+    opts = dict(options or {})
+
+    try:
+        benchmark.validate_options({})
+        if opts:
+            benchmark.validate_options(dict(opts))
+    except Exception as exc:
+        raise ContractViolation(f"{what}: validate_options refuses its defaults: {type(exc).__name__}: {exc}") from exc
+    exc = _raises(lambda: benchmark.validate_options({NO_SUCH_OPTION: 1}), (InvalidArgument,),
+                  f"{what}: validate_options with an unknown option")
+    _require(getattr(exc, "field", None) == NO_SUCH_OPTION,
+             f"{what}: the unknown-option error must name the option key alone (field={NO_SUCH_OPTION!r}), "
+             f"got field={getattr(exc, 'field', None)!r}")
+
+    if benchmark.needs == "generation":
+        refs = list(references or BENCHMARK_REFERENCES)
+        wrong_answers = [f"zz wrong answer {i}" for i in range(len(refs))]
+        half_answers = [r if i % 2 == 0 else wrong_answers[i] for i, r in enumerate(refs)]
+        perfect = _generation_rows(benchmark, refs, refs)
+        half = _generation_rows(benchmark, refs, half_answers)
+        wrong = _generation_rows(benchmark, refs, wrong_answers)
+        for row in perfect:
+            _require(benchmark.requests(row, dict(opts)) == [],
+                     f"{what}: a generation benchmark's requests() must be [] (it asked for log-likelihoods)")
+    else:
+        n = len(BENCHMARK_CHOICE_ROWS) * 2
+        perfect = _loglikelihood_rows(what, benchmark, opts, [True] * n)
+        half = _loglikelihood_rows(what, benchmark, opts, [i % 2 == 0 for i in range(n)])
+        wrong = _loglikelihood_rows(what, benchmark, opts, [False] * n)
+
+    perfect_m, perfect_stats = _score(what, benchmark, perfect, opts, specs, unbounded)
+    half_m, half_stats = _score(what, benchmark, half, opts, specs, unbounded)
+    wrong_m, _ = _score(what, benchmark, wrong, opts, specs, unbounded)
+    for spec in specs:
+        sign = 1.0 if spec.higher_is_better else -1.0
+        p, h, w = (sign * m[spec.name] for m in (perfect_m, half_m, wrong_m))
+        _require(p >= h - _TOL and h >= w - _TOL,
+                 f"{what}: metric {spec.name!r} is not better for better answers "
+                 f"(perfect {perfect_m[spec.name]}, half right {half_m[spec.name]}, all wrong {wrong_m[spec.name]}; "
+                 f"{'higher' if spec.higher_is_better else 'lower'} is better)")
+        if _bounded(benchmark, spec, unbounded) and spec.higher_is_better:
+            _require(_close(perfect_m[spec.name], 1.0),
+                     f"{what}: metric {spec.name!r} = {perfect_m[spec.name]} for perfect answers, "
+                     "not its best value 1.0")
+    _require(any((1.0 if s.higher_is_better else -1.0) * (perfect_m[s.name] - wrong_m[s.name]) > _TOL for s in specs),
              f"{what}: no metric scores perfect answers above wrong ones ({perfect_m} vs {wrong_m})")
-    if perfect_rows is not None:
-        _require(all(perfect_rows), f"{what}: per_row marks a perfect prediction wrong: {perfect_rows}")
-        _require(not any(wrong_rows or []), f"{what}: per_row marks a wrong prediction right: {wrong_rows}")
-        _require(half_rows == [i % 2 == 0 for i in range(len(refs))], f"{what}: per_row is wrong: {half_rows}")
-    again, again_rows = _score(what, benchmark, half, refs, unbounded)
-    _require((again, again_rows) == (half_m, half_rows), f"{what}: scoring the same answers twice differs")
-    _raises(lambda: benchmark.score(list(refs[:-1]), list(refs)), (InvalidArgument, ValueError),
-            f"{what}: score() with {len(refs) - 1} predictions for {len(refs)} references")
+
+    doubled = benchmark.aggregate(half_stats + half_stats, dict(opts))
+    for spec in specs:
+        if spec.statistic in ("binary", "mean"):
+            _require(_close(float(doubled[spec.name]), half_m[spec.name]),
+                     f"{what}: {spec.statistic} metric {spec.name!r}: the rows twice over score {doubled[spec.name]}, "
+                     f"once {half_m[spec.name]}")
+    resampled = [half_stats[i] for i in (0, 0, 1, len(half_stats) - 1, 2)]
+    again = benchmark.aggregate(resampled, dict(opts))
+    _require(all(isinstance(again.get(s.name), (int, float)) and math.isfinite(again[s.name]) for s in specs),
+             f"{what}: aggregate() over resampled rows (repeats) gave {again!r}")
+    empty = benchmark.aggregate([], dict(opts))
+    _require(isinstance(empty, dict) and all(isinstance(empty.get(s.name), (int, float))
+                                             and not isinstance(empty[s.name], bool) and not math.isnan(empty[s.name])
+                                             for s in specs),
+             f"{what}: aggregate([]) must give a number (the worst value, or 0.0) for every metric, got {empty!r}")
+    round_trip = benchmark.aggregate(json.loads(json.dumps(half_stats)), dict(opts))
+    _require(all(_close(float(round_trip[s.name]), half_m[s.name]) for s in specs),
+             f"{what}: the row statistics after a JSON round trip aggregate to {round_trip}, not {half_m}")
+
+    half_again, half_stats_again = _score(what, benchmark, half, opts, specs, unbounded)
+    _require(half_stats_again == half_stats and half_again == half_m,
+             f"{what}: scoring the same rows twice differs")
+    _require(benchmark.aggregate(perfect_stats, dict(opts)) == benchmark.aggregate(perfect_stats, dict(opts)),
+             f"{what}: aggregate() is not deterministic")
 
 
 # --- storage backends -------------------------------------------------------------------------
@@ -852,6 +1043,61 @@ class PluginCase:
 
 
 #: Registry kind -> the check check_plugin runs for it.
+# --- error checks, judges, judge templates ----------------------------------------------------
+#: Predictions no error check may crash on (empty, whitespace, unicode, JSON, huge, repeated).
+ODD_PREDICTIONS = ("", "   ", "\n\n", "card_arrival", "Card_Arival.", "ça va? 你好 🙂", '{"a": 1}', "{not json",
+                   "[1, 2]", "null", "word " * 2000, "ab" * 500, "```json\n{\"a\": 1}\n```")
+ODD_REFERENCES = ("card_arrival", '{"a": 1, "b": {"c": 2}}', "", "A long reference sentence of several words.")
+
+
+def check_error_check(check: Any) -> None:
+    """An ErrorCheck: conforms; declares at least one category, each a non-empty string; for
+    odd predictions against several references (with and without a label set, cut or not)
+    classify() returns None or a declared category, never raises, and is deterministic."""
+    what = f"error check {_label(check)}"
+    check_conforms(check, c.ErrorCheck, what)
+    cats = tuple(check.categories)
+    _require(cats and all(isinstance(x, str) and x for x in cats), f"{what}: categories must be non-empty strings")
+    for ref in ODD_REFERENCES:
+        for pred in ODD_PREDICTIONS:
+            for labels, reason in (((), "stop"), (("card_arrival", "age_limit"), "length")):
+                row = c.EvalRow(prompt="p", reference=ref, prediction=pred, finish_reason=reason, labels=labels,
+                                max_new_tokens=16)
+                try:
+                    got = check.classify(row)
+                except Exception as exc:  # noqa: BLE001 - any exception breaks the contract
+                    raise ContractViolation(f"{what}: classify raised {exc!r} for prediction {pred[:40]!r}") from exc
+                _require(got is None or got in cats, f"{what}: returned {got!r}, not one of {cats} or None")
+                _require(check.classify(row) == got, f"{what}: not deterministic for {pred[:40]!r}")
+
+
+def check_judge(judge: Any) -> None:
+    """A rule Judge: conforms; returns a verdict in VERDICTS for odd answer pairs; deterministic;
+    identical answers tie."""
+    what = f"judge {_label(judge)}"
+    check_conforms(judge, c.Judge, what)
+    for a, b in itertools.product(ODD_PREDICTIONS[:8], repeat=2):
+        got = judge.compare("prompt", a, b, reference="card_arrival")
+        _require(got in c.VERDICTS, f"{what}: verdict {got!r} not in {sorted(c.VERDICTS)}")
+        _require(judge.compare("prompt", a, b, reference="card_arrival") == got, f"{what}: not deterministic")
+        if a == b:
+            _require(got == "tie", f"{what}: identical answers must tie, got {got!r}")
+
+
+def check_judge_template(template: Any) -> None:
+    """A JudgeTemplate: conforms; render() includes the prompt and both answers; parse() maps
+    any reply to a verdict in VERDICTS (nonsense and empty replies included)."""
+    what = f"judge template {_label(template)}"
+    check_conforms(template, c.JudgeTemplate, what)
+    text = template.render("What is 2 + 2?", "ANSWER-ONE-4", "ANSWER-TWO-5", rubric="be right", reference="4")
+    _require(isinstance(text, str), f"{what}: render must return a string")
+    for part in ("What is 2 + 2?", "ANSWER-ONE-4", "ANSWER-TWO-5"):
+        _require(part in text, f"{what}: the rendered prompt lacks {part!r}")
+    for reply in ("", "no idea", *ODD_PREDICTIONS[:6]):
+        got = template.parse(reply)
+        _require(got in c.VERDICTS, f"{what}: parse({reply[:30]!r}) gave {got!r}, not a verdict")
+
+
 CHECKS: dict[str, Callable[..., None]] = {
     "peft_methods": check_peft_method,
     "templates": check_template,
@@ -860,6 +1106,9 @@ CHECKS: dict[str, Callable[..., None]] = {
     "inference_backends": check_inference_backend,
     "training_executors": check_training_executor,
     "training_recipes": check_training_recipe,
+    "error_checks": check_error_check,
+    "judges": check_judge,
+    "judge_templates": check_judge_template,
 }
 
 
@@ -913,6 +1162,12 @@ def check_plugin(case: PluginCase, tmp_path: str | os.PathLike[str], *, model_di
         check_template(case.obj, schemas=schemas, tokenizer=tokenizer)
     elif case.kind == "benchmarks":
         check_benchmark(case.obj)
+    elif case.kind == "error_checks":
+        check_error_check(case.obj)
+    elif case.kind == "judges":
+        check_judge(case.obj)
+    elif case.kind == "judge_templates":
+        check_judge_template(case.obj)
     elif case.kind == "storage_backends":
         check_storage_backend(case.obj, str(tmp / f"storage-{case.name}"))
     elif case.kind == "training_executors":

@@ -156,6 +156,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 raise JobCancelled()
             if code == 0:
                 self._apply_result(record, WorkerResult.read(storage, job_id), control)
+                if spec.gate.enabled:
+                    from tunesmith.trainer.quality_gate import run_quality_gate
+
+                    run_quality_gate(record, control, self.rt.peers.get("evaluator", ""))
                 return
             if storage.exists(job_key(job_id, ERROR_FILE)):
                 err = WorkerError.read(storage, job_id)

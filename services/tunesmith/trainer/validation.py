@@ -14,9 +14,10 @@ from typing import Any
 from google.protobuf import json_format
 
 from tunesmith.api.trainer.v1 import trainer_pb2
-from tunesmith.core.checks import check_model, check_split
+from tunesmith.core.checks import check_adapter_artifact, check_model, check_split
 from tunesmith.core.devices import check_device
 from tunesmith.core.errors import FailedPrecondition, InvalidArgument, NotFound, TunesmithError
+from tunesmith.core.gates import DEFAULT_ALPHA, DEFAULT_TOLERANCE, SUITE_NAMES, check_gate_fields
 from tunesmith.core.validation import check_enum, check_local_path, check_struct, start_create_checks
 from tunesmith.trainer import hyperparameters
 
@@ -140,6 +141,18 @@ def _check_method(spec: trainer_pb2.TrainingJobSpec, registry) -> None:
         raise InvalidArgument(f"{why}; leave merge unset", field="spec.merge")
 
 
+def _accept_gate(spec: trainer_pb2.TrainingJobSpec, runtime) -> None:
+    """Defaults for the quality gate; FailedPrecondition when no evaluator service is known."""
+    if not runtime.peers.get("evaluator"):
+        raise FailedPrecondition("the quality gate runs on the evaluator service, and this trainer has no address for "
+                                 "it (set TUNESMITH_EVALUATOR_ADDRESS; `tunesmith up` sets it)", field="spec.gate",
+                                 code="no_evaluator_service")
+    if not spec.gate.suites:
+        spec.gate.suites.extend(SUITE_NAMES)
+    spec.gate.tolerance = spec.gate.tolerance or DEFAULT_TOLERANCE
+    spec.gate.alpha = spec.gate.alpha or DEFAULT_ALPHA
+
+
 def accept_training_request(request: trainer_pb2.CreateTrainingJobRequest, runtime) -> trainer_pb2.TrainingJobSpec:
     """See the module docstring."""
     spec, v = start_create_checks(request)
@@ -158,6 +171,11 @@ def accept_training_request(request: trainer_pb2.CreateTrainingJobRequest, runti
             f"must be in [0, {MAX_RESTARTS}], got {spec.retry.max_restarts}")
     v.check(spec.num_processes <= MAX_PROCESSES, "spec.num_processes",
             f"must be at most {MAX_PROCESSES}, got {spec.num_processes}")
+    if spec.gate.enabled:
+        check_gate_fields(v, spec.gate.suites, spec.gate.tolerance, spec.gate.alpha, spec.gate.max_rows, "spec.gate")
+    else:
+        v.check(not spec.HasField("gate") or spec.gate == trainer_pb2.QualityGate(), "spec.gate.enabled",
+                "set enabled to run the gate (its other fields are set but it is off)")
     v.raise_if_any()
 
     _check_method(spec, runtime.registry)
@@ -186,6 +204,8 @@ def accept_training_request(request: trainer_pb2.CreateTrainingJobRequest, runti
 
     check_model(runtime.models, spec.base_model, "spec.base_model")
     check_reference_model(spec, runtime)
+    if spec.gate.enabled:
+        _accept_gate(spec, runtime)
     dataset = runtime.datasets.get(spec.dataset_id, field="spec.dataset_id")
     spec.train_split = spec.train_split or "train"
     check_split(dataset, spec.train_split, "spec.train_split")
@@ -312,18 +332,8 @@ def accept_merge_request(request: trainer_pb2.CreateMergeJobRequest, runtime) ->
 
     spec, v = start_create_checks(request)
     check_enum(v, common_pb2.Dtype, spec.dtype, "spec.dtype")
-    v.check(bool(spec.adapter.uri), "spec.adapter.uri", "is required: the adapter artifact (artifact://adapter/...)")
     v.raise_if_any()
-    try:
-        folder = runtime.storage.local_path(spec.adapter.uri)
-        present = (folder / "adapter_config.json").is_file()
-    except TunesmithError as exc:
-        raise InvalidArgument(exc.message, field="spec.adapter.uri") from None
-    if not present:
-        from tunesmith.core.errors import NotFound
-
-        raise NotFound(f"{spec.adapter.uri} is not a stored peft adapter (no adapter_config.json)",
-                       field="spec.adapter.uri", code="unknown_adapter")
+    folder = check_adapter_artifact(runtime.storage, spec.adapter.uri, "spec.adapter.uri")
     _refuse_unmergeable(folder, spec.adapter.uri, runtime.registry)
     if spec.base_model:
         check_model(runtime.models, spec.base_model, "spec.base_model")

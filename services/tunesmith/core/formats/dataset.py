@@ -5,7 +5,8 @@ Artifact folder (kind "dataset"):
     dataset.json     DatasetManifest: format "tunesmith.dataset", version, splits (name -> rows),
                      source, template, labels, spec, report, statistics
     <split>.jsonl    one example per line: source_row, prompt, completion, label, fields
-                     (+ rejected for preference rows)
+                     (+ rejected for preference rows; + choices (list of str) and gold (the
+                     right choice's 0-based index) for multiple_choice rows)
 
 The record records/datasets/<id>.json is the proto JSON of tunesmith.api.data.v1.Dataset (its
 version is the proto package's, v1). DatasetRecord reads only the keys other services need (id,
@@ -177,7 +178,53 @@ class DatasetRecord:
 
 
 #: Schema enum numbers of tunesmith.api.data.v1.Schema (records written with ints) -> names.
-SCHEMA_NUMBERS = {0: "", 1: "classification", 2: "alpaca", 3: "chat", 4: "prompt_completion", 5: "text", 6: "preference"}
+SCHEMA_NUMBERS = {0: "", 1: "classification", 2: "alpaca", 3: "chat", 4: "prompt_completion", 5: "text", 6: "preference",
+                  7: "multiple_choice"}
+
+
+def choice_index(choices: list[str] | tuple[str, ...], answer: Any) -> int:
+    """The 0-based index of a multiple-choice row's right answer (ValueError saying why not).
+
+    `answer` is an index (an int, or a whole float as JSON numbers may arrive), or a string: an
+    index in digits, a capital letter A-Z (A = 0), or the right choice's text (surrounding
+    whitespace ignored). A string that reads two ways pointing at different choices (choices
+    ["1", "2", "3"] with answer "1": index 1 or the text "1"?) is refused as ambiguous."""
+    n = len(choices)
+    if isinstance(answer, bool) or answer is None:
+        raise ValueError(f"the answer must be a choice index, a letter or the choice text, got {answer!r}")
+    if isinstance(answer, float):
+        if not answer.is_integer():
+            raise ValueError(f"the answer index must be a whole number, got {answer!r}")
+        answer = int(answer)
+    if isinstance(answer, int):
+        if not 0 <= answer < n:
+            raise ValueError(f"answer index {answer} is out of range: the row has {n} choices (0 to {n - 1})")
+        return answer
+    if not isinstance(answer, str):
+        raise ValueError(f"the answer must be a choice index, a letter or the choice text, got {type(answer).__name__}")
+    text = answer.strip()
+    if not text:
+        raise ValueError("the answer is empty")
+    readings: dict[int, str] = {}
+    if text.isdigit() and text.isascii() and int(text) < n:
+        readings.setdefault(int(text), f"index {text}")
+    if len(text) == 1 and "A" <= text <= "Z" and ord(text) - ord("A") < n:
+        readings.setdefault(ord(text) - ord("A"), f"letter {text}")
+    for i, choice in enumerate(choices):
+        if str(choice).strip() == text:
+            readings.setdefault(i, f"the text of choice {i}")
+            break
+    if len(readings) > 1:
+        ways = " or ".join(f"{why} (choice {i})" for i, why in readings.items())
+        raise ValueError(f"answer {answer!r} is ambiguous: it reads as {ways}; give the index as a number "
+                         f"or use a letter that is not also a choice")
+    if readings:
+        return next(iter(readings))
+    if text.isdigit():
+        raise ValueError(f"answer index {text} is out of range: the row has {n} choices (0 to {n - 1})")
+    if len(text) == 1 and "A" <= text <= "Z":
+        raise ValueError(f"answer letter {text} is out of range: the row has {n} choices (A to {chr(ord('A') + n - 1)})")
+    raise ValueError(f"answer {answer!r} is neither an index, a letter A-Z nor the text of one of the {n} choices")
 
 
 def _schema_name(spec: Any) -> str:

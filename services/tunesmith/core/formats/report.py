@@ -5,6 +5,8 @@
                     tunesmith.api.evaluator.v1.EvaluationReport: scores, comparisons, samples)
     outputs.jsonl   one OutputRow per evaluated row: row, prompt, reference, outputs
                     (model label -> generated text); covered by report.json's version
+    report.html     (when asked for) the self-contained HTML report: inline CSS and SVG, no
+                    scripts or network resources; covered by report.json's version
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ FORMAT = "tunesmith.report"
 VERSION = "1.0"
 REPORT_FILE = "report.json"
 OUTPUTS_FILE = "outputs.jsonl"
+HTML_FILE = "report.html"
 KIND = "report"
 
 
@@ -63,10 +66,14 @@ class OutputRow:
                    {str(k): str(v) for k, v in d["outputs"].items()})
 
 
-def write_report(folder: Path | str, report: EvaluationReport, outputs: Iterable[OutputRow]) -> None:
-    """Write outputs.jsonl then report.json into a staged folder (see store_report)."""
+def write_report(folder: Path | str, report: EvaluationReport, outputs: Iterable[OutputRow], *,
+                 html: str | None = None) -> None:
+    """Write outputs.jsonl (and report.html) then report.json into a staged folder (see
+    store_report)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if html is not None:
+        (folder / HTML_FILE).write_text(html, encoding="utf-8")
     with open(folder / OUTPUTS_FILE, "w", encoding="utf-8", newline="\n") as f:
         for row in outputs:
             f.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
@@ -74,10 +81,11 @@ def write_report(folder: Path | str, report: EvaluationReport, outputs: Iterable
                                                        report.split).to_dict())
 
 
-def store_report(storage, report: EvaluationReport, outputs: Iterable[OutputRow]) -> Artifact:
+def store_report(storage, report: EvaluationReport, outputs: Iterable[OutputRow], *,
+                 html: str | None = None) -> Artifact:
     """Write the report in storage staging and store it as a "report" artifact (atomic)."""
     with storage.staging_dir() as tmp:
-        write_report(tmp / "report", report, outputs)
+        write_report(tmp / "report", report, outputs, html=html)
         return storage.put_artifact(KIND, tmp / "report", move=True)
 
 

@@ -29,6 +29,7 @@ class Schema(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SCHEMA_PROMPT_COMPLETION: _ClassVar[Schema]
     SCHEMA_TEXT: _ClassVar[Schema]
     SCHEMA_PREFERENCE: _ClassVar[Schema]
+    SCHEMA_MULTIPLE_CHOICE: _ClassVar[Schema]
 FILE_FORMAT_UNSPECIFIED: FileFormat
 FILE_FORMAT_CSV: FileFormat
 FILE_FORMAT_JSONL: FileFormat
@@ -41,6 +42,7 @@ SCHEMA_CHAT: Schema
 SCHEMA_PROMPT_COMPLETION: Schema
 SCHEMA_TEXT: Schema
 SCHEMA_PREFERENCE: Schema
+SCHEMA_MULTIPLE_CHOICE: Schema
 
 class SplitSpec(_message.Message):
     __slots__ = ("validation_fraction", "validation_rows", "seed", "stratify")

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from tunesmith.api.common.v1 import common_pb2 as tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*tunesmith/api/evaluator/v1/evaluator.proto\x12\x1atunesmith.api.evaluator.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a$tunesmith/api/common/v1/common.proto\"e\n\x0eModelUnderTest\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x35\n\x07\x61\x64\x61pter\x18\x03 \x01(\x0b\x32$.tunesmith.api.common.v1.ArtifactRef\"~\n\x10GenerationConfig\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\r\n\x05top_p\x18\x03 \x01(\x01\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x03\"\xbd\x03\n\x0e\x45valuationSpec\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\r\n\x05split\x18\x02 \x01(\t\x12\x10\n\x08max_rows\x18\x03 \x01(\x03\x12\x12\n\nbenchmarks\x18\x04 \x03(\t\x12:\n\x06models\x18\x05 \x03(\x0b\x32*.tunesmith.api.evaluator.v1.ModelUnderTest\x12@\n\ngeneration\x18\x06 \x01(\x0b\x32,.tunesmith.api.evaluator.v1.GenerationConfig\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x08 \x01(\t\x12\x1c\n\x14regression_tolerance\x18\t \x01(\x01\x12\x14\n\x0ckeep_samples\x18\n \x01(\x05\x12(\n\x07options\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x36\n\x05judge\x18\x0c \x01(\x0b\x32\'.tunesmith.api.evaluator.v1.JudgeConfig\x12\x16\n\x0e\x65rror_analysis\x18\r \x01(\x08\x12\x13\n\x0bhtml_report\x18\x0e \x01(\x08\"h\n\x0bJudgeConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06rubric\x18\x02 \x01(\t\x12\x16\n\x0eswap_positions\x18\x03 \x01(\x08\x12\x13\n\x0b\x65lo_initial\x18\x04 \x01(\x01\x12\r\n\x05\x65lo_k\x18\x05 \x01(\x01\"V\n\tEloRating\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0e\n\x06rating\x18\x02 \x01(\x01\x12\x0c\n\x04wins\x18\x03 \x01(\x03\x12\x0e\n\x06losses\x18\x04 \x01(\x03\x12\x0c\n\x04ties\x18\x05 \x01(\x03\"\xec\x01\n\x17\x43reateEvaluationRequest\x12\x38\n\x04spec\x18\x01 \x01(\x0b\x32*.tunesmith.api.evaluator.v1.EvaluationSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12O\n\x06labels\x18\x03 \x03(\x0b\x32?.tunesmith.api.evaluator.v1.CreateEvaluationRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"`\n\x0bMetricValue\x12\x11\n\tbenchmark\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x04 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x05 \x01(\x01\"\x99\x01\n\nModelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x38\n\x07metrics\x18\x03 \x03(\x0b\x32\'.tunesmith.api.evaluator.v1.MetricValue\x12\x18\n\x10generate_seconds\x18\x04 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x05 \x01(\x01\"v\n\nComparison\x12\x10\n\x08\x62\x61seline\x18\x01 \x01(\t\x12\x11\n\tcandidate\x18\x02 \x01(\t\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\x12\x0f\n\x07p_value\x18\x05 \x01(\x01\x12\x13\n\x0bsignificant\x18\x06 \x01(\x08\"\x9c\x02\n\x06Sample\x12\x0b\n\x03row\x18\x01 \x01(\x03\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\x12@\n\x07outputs\x18\x04 \x03(\x0b\x32/.tunesmith.api.evaluator.v1.Sample.OutputsEntry\x12@\n\x07\x63orrect\x18\x05 \x03(\x0b\x32/.tunesmith.api.evaluator.v1.Sample.CorrectEntry\x1a.\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0c\x43orrectEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\"\x8a\x04\n\x10\x45valuationReport\x12\x36\n\x06scores\x18\x01 \x03(\x0b\x32&.tunesmith.api.evaluator.v1.ModelScore\x12;\n\x0b\x63omparisons\x18\x02 \x03(\x0b\x32&.tunesmith.api.evaluator.v1.Comparison\x12\x33\n\x07samples\x18\x03 \x03(\x0b\x32\".tunesmith.api.evaluator.v1.Sample\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x1e\n\x16regression_gate_passed\x18\x05 \x01(\x08\x12W\n\x0e\x65rror_analysis\x18\x06 \x03(\x0b\x32?.tunesmith.api.evaluator.v1.EvaluationReport.ErrorAnalysisEntry\x12\x32\n\x03\x65lo\x18\x07 \x03(\x0b\x32%.tunesmith.api.evaluator.v1.EloRating\x12\x39\n\x0bhtml_report\x18\x08 \x01(\x0b\x32$.tunesmith.api.common.v1.ArtifactRef\x1aV\n\x12\x45rrorAnalysisEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .tunesmith.api.common.v1.Metrics:\x02\x38\x01\"\xee\x01\n\nEvaluation\x12)\n\x03job\x18\x01 \x01(\x0b\x32\x1c.tunesmith.api.common.v1.Job\x12\x38\n\x04spec\x18\x02 \x01(\x0b\x32*.tunesmith.api.evaluator.v1.EvaluationSpec\x12<\n\x06report\x18\x03 \x01(\x0b\x32,.tunesmith.api.evaluator.v1.EvaluationReport\x12=\n\x0freport_artifact\x18\x04 \x01(\x0b\x32$.tunesmith.api.common.v1.ArtifactRef\"o\n\x17ListEvaluationsResponse\x12;\n\x0b\x65valuations\x18\x01 \x03(\x0b\x32&.tunesmith.api.evaluator.v1.Evaluation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x87\x05\n\x10\x45valuatorService\x12^\n\tGetStatus\x12).tunesmith.api.common.v1.GetStatusRequest\x1a&.tunesmith.api.common.v1.ServiceStatus\x12o\n\x10\x43reateEvaluation\x12\x33.tunesmith.api.evaluator.v1.CreateEvaluationRequest\x1a&.tunesmith.api.evaluator.v1.Evaluation\x12_\n\rGetEvaluation\x12&.tunesmith.api.common.v1.GetJobRequest\x1a&.tunesmith.api.evaluator.v1.Evaluation\x12p\n\x0fListEvaluations\x12(.tunesmith.api.common.v1.ListJobsRequest\x1a\x33.tunesmith.api.evaluator.v1.ListEvaluationsResponse\x12\x65\n\x10\x43\x61ncelEvaluation\x12).tunesmith.api.common.v1.CancelJobRequest\x1a&.tunesmith.api.evaluator.v1.Evaluation\x12h\n\x16StreamEvaluationEvents\x12).tunesmith.api.common.v1.JobEventsRequest\x1a!.tunesmith.api.common.v1.JobEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*tunesmith/api/evaluator/v1/evaluator.proto\x12\x1atunesmith.api.evaluator.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a$tunesmith/api/common/v1/common.proto\"~\n\x0eModelUnderTest\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x35\n\x07\x61\x64\x61pter\x18\x03 \x01(\x0b\x32$.tunesmith.api.common.v1.ArtifactRef\x12\x17\n\x0ftraining_job_id\x18\x04 \x01(\t\"~\n\x10GenerationConfig\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\r\n\x05top_p\x18\x03 \x01(\x01\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x03\"\x8d\x04\n\x0e\x45valuationSpec\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\r\n\x05split\x18\x02 \x01(\t\x12\x10\n\x08max_rows\x18\x03 \x01(\x03\x12\x12\n\nbenchmarks\x18\x04 \x03(\t\x12:\n\x06models\x18\x05 \x03(\x0b\x32*.tunesmith.api.evaluator.v1.ModelUnderTest\x12@\n\ngeneration\x18\x06 \x01(\x0b\x32,.tunesmith.api.evaluator.v1.GenerationConfig\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x08 \x01(\t\x12\x1c\n\x14regression_tolerance\x18\t \x01(\x01\x12\x14\n\x0ckeep_samples\x18\n \x01(\x05\x12(\n\x07options\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x36\n\x05judge\x18\x0c \x01(\x0b\x32\'.tunesmith.api.evaluator.v1.JudgeConfig\x12\x16\n\x0e\x65rror_analysis\x18\r \x01(\x08\x12\x13\n\x0bhtml_report\x18\x0e \x01(\x08\x12\x14\n\x0c\x65rror_checks\x18\x0f \x03(\t\x12\x38\n\x04gate\x18\x10 \x01(\x0b\x32*.tunesmith.api.evaluator.v1.RegressionGate\"e\n\x0eRegressionGate\x12\x0e\n\x06suites\x18\x01 \x03(\t\x12\x11\n\ttolerance\x18\x02 \x01(\x01\x12\r\n\x05\x61lpha\x18\x03 \x01(\x01\x12\x10\n\x08max_rows\x18\x04 \x01(\x05\x12\x0f\n\x07\x65nabled\x18\x05 \x01(\x08\"\xca\x01\n\x0bJudgeConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06rubric\x18\x02 \x01(\t\x12\x1b\n\x0eswap_positions\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x13\n\x0b\x65lo_initial\x18\x04 \x01(\x01\x12\r\n\x05\x65lo_k\x18\x05 \x01(\x01\x12\x0c\n\x04rule\x18\x06 \x01(\t\x12\x10\n\x08template\x18\x07 \x01(\t\x12\x13\n\x0bleaderboard\x18\x08 \x01(\t\x12\x13\n\x0bmax_prompts\x18\t \x01(\x05\x42\x11\n\x0f_swap_positions\"\x86\x01\n\tEloRating\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0e\n\x06rating\x18\x02 \x01(\x01\x12\x0c\n\x04wins\x18\x03 \x01(\x03\x12\x0e\n\x06losses\x18\x04 \x01(\x03\x12\x0c\n\x04ties\x18\x05 \x01(\x03\x12\x0e\n\x06\x63i_low\x18\x06 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x07 \x01(\x01\x12\r\n\x05model\x18\x08 \x01(\t\"\xec\x01\n\x17\x43reateEvaluationRequest\x12\x38\n\x04spec\x18\x01 \x01(\x0b\x32*.tunesmith.api.evaluator.v1.EvaluationSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12O\n\x06labels\x18\x03 \x03(\x0b\x32?.tunesmith.api.evaluator.v1.CreateEvaluationRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8d\x01\n\x0bMetricValue\x12\x11\n\tbenchmark\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x04 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x05 \x01(\x01\x12\x11\n\tstatistic\x18\x06 \x01(\t\x12\x18\n\x10higher_is_better\x18\x07 \x01(\x08\"\x99\x01\n\nModelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x38\n\x07metrics\x18\x03 \x03(\x0b\x32\'.tunesmith.api.evaluator.v1.MetricValue\x12\x18\n\x10generate_seconds\x18\x04 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x05 \x01(\x01\"\x99\x01\n\nComparison\x12\x10\n\x08\x62\x61seline\x18\x01 \x01(\t\x12\x11\n\tcandidate\x18\x02 \x01(\t\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\x12\x0f\n\x07p_value\x18\x05 \x01(\x01\x12\x13\n\x0bsignificant\x18\x06 \x01(\x08\x12\x0c\n\x04test\x18\x07 \x01(\t\x12\x13\n\x0bimprovement\x18\x08 \x01(\x01\"\xac\x01\n\tGateCheck\x12\r\n\x05suite\x18\x01 \x01(\t\x12\x11\n\tcandidate\x18\x02 \x01(\t\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\x16\n\x0e\x62\x61seline_value\x18\x04 \x01(\x01\x12\x17\n\x0f\x63\x61ndidate_value\x18\x05 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x06 \x01(\x01\x12\x0f\n\x07p_value\x18\x07 \x01(\x01\x12\x0e\n\x06passed\x18\x08 \x01(\x08\x12\x0c\n\x04kind\x18\t \x01(\t\"\xb3\x01\n\nGateResult\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12\x11\n\ttolerance\x18\x02 \x01(\x01\x12\r\n\x05\x61lpha\x18\x03 \x01(\x01\x12\x35\n\x06\x63hecks\x18\x04 \x03(\x0b\x32%.tunesmith.api.evaluator.v1.GateCheck\x12<\n\x0csuite_scores\x18\x05 \x03(\x0b\x32&.tunesmith.api.evaluator.v1.ModelScore\"b\n\rErrorExamples\x12\r\n\x05label\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x0c\n\x04rows\x18\x04 \x03(\x03\x12\x13\n\x0bpredictions\x18\x05 \x03(\t\"T\n\rConfusionPair\x12\r\n\x05label\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\x12\x12\n\nprediction\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\"\x9c\x02\n\x06Sample\x12\x0b\n\x03row\x18\x01 \x01(\x03\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x11\n\treference\x18\x03 \x01(\t\x12@\n\x07outputs\x18\x04 \x03(\x0b\x32/.tunesmith.api.evaluator.v1.Sample.OutputsEntry\x12@\n\x07\x63orrect\x18\x05 \x03(\x0b\x32/.tunesmith.api.evaluator.v1.Sample.CorrectEntry\x1a.\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0c\x43orrectEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\"\xf4\x05\n\x10\x45valuationReport\x12\x36\n\x06scores\x18\x01 \x03(\x0b\x32&.tunesmith.api.evaluator.v1.ModelScore\x12;\n\x0b\x63omparisons\x18\x02 \x03(\x0b\x32&.tunesmith.api.evaluator.v1.Comparison\x12\x33\n\x07samples\x18\x03 \x03(\x0b\x32\".tunesmith.api.evaluator.v1.Sample\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x1e\n\x16regression_gate_passed\x18\x05 \x01(\x08\x12W\n\x0e\x65rror_analysis\x18\x06 \x03(\x0b\x32?.tunesmith.api.evaluator.v1.EvaluationReport.ErrorAnalysisEntry\x12\x32\n\x03\x65lo\x18\x07 \x03(\x0b\x32%.tunesmith.api.evaluator.v1.EloRating\x12\x39\n\x0bhtml_report\x18\x08 \x01(\x0b\x32$.tunesmith.api.common.v1.ArtifactRef\x12\x34\n\x04gate\x18\t \x01(\x0b\x32&.tunesmith.api.evaluator.v1.GateResult\x12\x41\n\x0e\x65rror_examples\x18\n \x03(\x0b\x32).tunesmith.api.evaluator.v1.ErrorExamples\x12=\n\nconfusions\x18\x0b \x03(\x0b\x32).tunesmith.api.evaluator.v1.ConfusionPair\x12\x14\n\x0cjudged_pairs\x18\x0c \x01(\x03\x12\x1a\n\x12inconsistent_pairs\x18\r \x01(\x03\x1aV\n\x12\x45rrorAnalysisEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .tunesmith.api.common.v1.Metrics:\x02\x38\x01\"\xee\x01\n\nEvaluation\x12)\n\x03job\x18\x01 \x01(\x0b\x32\x1c.tunesmith.api.common.v1.Job\x12\x38\n\x04spec\x18\x02 \x01(\x0b\x32*.tunesmith.api.evaluator.v1.EvaluationSpec\x12<\n\x06report\x18\x03 \x01(\x0b\x32,.tunesmith.api.evaluator.v1.EvaluationReport\x12=\n\x0freport_artifact\x18\x04 \x01(\x0b\x32$.tunesmith.api.common.v1.ArtifactRef\"o\n\x17ListEvaluationsResponse\x12;\n\x0b\x65valuations\x18\x01 \x03(\x0b\x32&.tunesmith.api.evaluator.v1.Evaluation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x87\x05\n\x10\x45valuatorService\x12^\n\tGetStatus\x12).tunesmith.api.common.v1.GetStatusRequest\x1a&.tunesmith.api.common.v1.ServiceStatus\x12o\n\x10\x43reateEvaluation\x12\x33.tunesmith.api.evaluator.v1.CreateEvaluationRequest\x1a&.tunesmith.api.evaluator.v1.Evaluation\x12_\n\rGetEvaluation\x12&.tunesmith.api.common.v1.GetJobRequest\x1a&.tunesmith.api.evaluator.v1.Evaluation\x12p\n\x0fListEvaluations\x12(.tunesmith.api.common.v1.ListJobsRequest\x1a\x33.tunesmith.api.evaluator.v1.ListEvaluationsResponse\x12\x65\n\x10\x43\x61ncelEvaluation\x12).tunesmith.api.common.v1.CancelJobRequest\x1a&.tunesmith.api.evaluator.v1.Evaluation\x12h\n\x16StreamEvaluationEvents\x12).tunesmith.api.common.v1.JobEventsRequest\x1a!.tunesmith.api.common.v1.JobEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,39 +42,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVALUATIONREPORT_ERRORANALYSISENTRY']._loaded_options = None
   _globals['_EVALUATIONREPORT_ERRORANALYSISENTRY']._serialized_options = b'8\001'
   _globals['_MODELUNDERTEST']._serialized_start=142
-  _globals['_MODELUNDERTEST']._serialized_end=243
-  _globals['_GENERATIONCONFIG']._serialized_start=245
-  _globals['_GENERATIONCONFIG']._serialized_end=371
-  _globals['_EVALUATIONSPEC']._serialized_start=374
-  _globals['_EVALUATIONSPEC']._serialized_end=819
-  _globals['_JUDGECONFIG']._serialized_start=821
-  _globals['_JUDGECONFIG']._serialized_end=925
-  _globals['_ELORATING']._serialized_start=927
-  _globals['_ELORATING']._serialized_end=1013
-  _globals['_CREATEEVALUATIONREQUEST']._serialized_start=1016
-  _globals['_CREATEEVALUATIONREQUEST']._serialized_end=1252
-  _globals['_CREATEEVALUATIONREQUEST_LABELSENTRY']._serialized_start=1207
-  _globals['_CREATEEVALUATIONREQUEST_LABELSENTRY']._serialized_end=1252
-  _globals['_METRICVALUE']._serialized_start=1254
-  _globals['_METRICVALUE']._serialized_end=1350
-  _globals['_MODELSCORE']._serialized_start=1353
-  _globals['_MODELSCORE']._serialized_end=1506
-  _globals['_COMPARISON']._serialized_start=1508
-  _globals['_COMPARISON']._serialized_end=1626
-  _globals['_SAMPLE']._serialized_start=1629
-  _globals['_SAMPLE']._serialized_end=1913
-  _globals['_SAMPLE_OUTPUTSENTRY']._serialized_start=1819
-  _globals['_SAMPLE_OUTPUTSENTRY']._serialized_end=1865
-  _globals['_SAMPLE_CORRECTENTRY']._serialized_start=1867
-  _globals['_SAMPLE_CORRECTENTRY']._serialized_end=1913
-  _globals['_EVALUATIONREPORT']._serialized_start=1916
-  _globals['_EVALUATIONREPORT']._serialized_end=2438
-  _globals['_EVALUATIONREPORT_ERRORANALYSISENTRY']._serialized_start=2352
-  _globals['_EVALUATIONREPORT_ERRORANALYSISENTRY']._serialized_end=2438
-  _globals['_EVALUATION']._serialized_start=2441
-  _globals['_EVALUATION']._serialized_end=2679
-  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=2681
-  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=2792
-  _globals['_EVALUATORSERVICE']._serialized_start=2795
-  _globals['_EVALUATORSERVICE']._serialized_end=3442
+  _globals['_MODELUNDERTEST']._serialized_end=268
+  _globals['_GENERATIONCONFIG']._serialized_start=270
+  _globals['_GENERATIONCONFIG']._serialized_end=396
+  _globals['_EVALUATIONSPEC']._serialized_start=399
+  _globals['_EVALUATIONSPEC']._serialized_end=924
+  _globals['_REGRESSIONGATE']._serialized_start=926
+  _globals['_REGRESSIONGATE']._serialized_end=1027
+  _globals['_JUDGECONFIG']._serialized_start=1030
+  _globals['_JUDGECONFIG']._serialized_end=1232
+  _globals['_ELORATING']._serialized_start=1235
+  _globals['_ELORATING']._serialized_end=1369
+  _globals['_CREATEEVALUATIONREQUEST']._serialized_start=1372
+  _globals['_CREATEEVALUATIONREQUEST']._serialized_end=1608
+  _globals['_CREATEEVALUATIONREQUEST_LABELSENTRY']._serialized_start=1563
+  _globals['_CREATEEVALUATIONREQUEST_LABELSENTRY']._serialized_end=1608
+  _globals['_METRICVALUE']._serialized_start=1611
+  _globals['_METRICVALUE']._serialized_end=1752
+  _globals['_MODELSCORE']._serialized_start=1755
+  _globals['_MODELSCORE']._serialized_end=1908
+  _globals['_COMPARISON']._serialized_start=1911
+  _globals['_COMPARISON']._serialized_end=2064
+  _globals['_GATECHECK']._serialized_start=2067
+  _globals['_GATECHECK']._serialized_end=2239
+  _globals['_GATERESULT']._serialized_start=2242
+  _globals['_GATERESULT']._serialized_end=2421
+  _globals['_ERROREXAMPLES']._serialized_start=2423
+  _globals['_ERROREXAMPLES']._serialized_end=2521
+  _globals['_CONFUSIONPAIR']._serialized_start=2523
+  _globals['_CONFUSIONPAIR']._serialized_end=2607
+  _globals['_SAMPLE']._serialized_start=2610
+  _globals['_SAMPLE']._serialized_end=2894
+  _globals['_SAMPLE_OUTPUTSENTRY']._serialized_start=2800
+  _globals['_SAMPLE_OUTPUTSENTRY']._serialized_end=2846
+  _globals['_SAMPLE_CORRECTENTRY']._serialized_start=2848
+  _globals['_SAMPLE_CORRECTENTRY']._serialized_end=2894
+  _globals['_EVALUATIONREPORT']._serialized_start=2897
+  _globals['_EVALUATIONREPORT']._serialized_end=3653
+  _globals['_EVALUATIONREPORT_ERRORANALYSISENTRY']._serialized_start=3567
+  _globals['_EVALUATIONREPORT_ERRORANALYSISENTRY']._serialized_end=3653
+  _globals['_EVALUATION']._serialized_start=3656
+  _globals['_EVALUATION']._serialized_end=3894
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=3896
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=4007
+  _globals['_EVALUATORSERVICE']._serialized_start=4010
+  _globals['_EVALUATORSERVICE']._serialized_end=4657
 # @@protoc_insertion_point(module_scope)

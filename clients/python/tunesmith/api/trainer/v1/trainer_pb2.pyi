@@ -204,7 +204,7 @@ class DpoConfig(_message.Message):
     def __init__(self, beta: _Optional[float] = ..., loss_type: _Optional[_Union[DpoLossType, str]] = ..., reference_policy: _Optional[_Union[ReferenceModelPolicy, str]] = ..., reference_model: _Optional[str] = ...) -> None: ...
 
 class TrainingJobSpec(_message.Message):
-    __slots__ = ("base_model", "dataset_id", "train_split", "validation_split", "objective", "method", "hyperparameters", "merge", "executor", "device", "num_processes", "resume_from_checkpoint", "serve_as", "dpo", "recipe", "retry")
+    __slots__ = ("base_model", "dataset_id", "train_split", "validation_split", "objective", "method", "hyperparameters", "merge", "executor", "device", "num_processes", "resume_from_checkpoint", "serve_as", "dpo", "recipe", "retry", "gate")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SPLIT_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +221,7 @@ class TrainingJobSpec(_message.Message):
     DPO_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     dataset_id: str
     train_split: str
@@ -237,7 +238,22 @@ class TrainingJobSpec(_message.Message):
     dpo: DpoConfig
     recipe: str
     retry: RetryPolicy
-    def __init__(self, base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., train_split: _Optional[str] = ..., validation_split: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., method: _Optional[_Union[MethodSpec, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., merge: _Optional[bool] = ..., executor: _Optional[str] = ..., device: _Optional[str] = ..., num_processes: _Optional[int] = ..., resume_from_checkpoint: _Optional[str] = ..., serve_as: _Optional[str] = ..., dpo: _Optional[_Union[DpoConfig, _Mapping]] = ..., recipe: _Optional[str] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ...) -> None: ...
+    gate: QualityGate
+    def __init__(self, base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., train_split: _Optional[str] = ..., validation_split: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., method: _Optional[_Union[MethodSpec, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., merge: _Optional[bool] = ..., executor: _Optional[str] = ..., device: _Optional[str] = ..., num_processes: _Optional[int] = ..., resume_from_checkpoint: _Optional[str] = ..., serve_as: _Optional[str] = ..., dpo: _Optional[_Union[DpoConfig, _Mapping]] = ..., recipe: _Optional[str] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., gate: _Optional[_Union[QualityGate, _Mapping]] = ...) -> None: ...
+
+class QualityGate(_message.Message):
+    __slots__ = ("enabled", "suites", "tolerance", "alpha", "max_rows")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    SUITES_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    suites: _containers.RepeatedScalarFieldContainer[str]
+    tolerance: float
+    alpha: float
+    max_rows: int
+    def __init__(self, enabled: _Optional[bool] = ..., suites: _Optional[_Iterable[str]] = ..., tolerance: _Optional[float] = ..., alpha: _Optional[float] = ..., max_rows: _Optional[int] = ...) -> None: ...
 
 class RetryPolicy(_message.Message):
     __slots__ = ("disabled", "max_restarts")
@@ -281,7 +297,7 @@ class CreateTrainingJobRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class TrainingResult(_message.Message):
-    __slots__ = ("adapter", "merged_model", "checkpoints", "train_seconds", "train_tokens", "tokens_per_second", "final_train_loss", "first_train_loss", "best_validation_loss", "steps", "trainable_parameters", "total_parameters", "peak_memory_bytes", "stopped_early", "model", "final_metrics")
+    __slots__ = ("adapter", "merged_model", "checkpoints", "train_seconds", "train_tokens", "tokens_per_second", "final_train_loss", "first_train_loss", "best_validation_loss", "steps", "trainable_parameters", "total_parameters", "peak_memory_bytes", "stopped_early", "model", "final_metrics", "gate_evaluation_id", "gate_passed")
     class FinalMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -305,6 +321,8 @@ class TrainingResult(_message.Message):
     STOPPED_EARLY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FINAL_METRICS_FIELD_NUMBER: _ClassVar[int]
+    GATE_EVALUATION_ID_FIELD_NUMBER: _ClassVar[int]
+    GATE_PASSED_FIELD_NUMBER: _ClassVar[int]
     adapter: _common_pb2.ArtifactRef
     merged_model: _common_pb2.ArtifactRef
     checkpoints: _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]
@@ -321,7 +339,9 @@ class TrainingResult(_message.Message):
     stopped_early: bool
     model: _common_pb2.ArtifactRef
     final_metrics: _containers.ScalarMap[str, float]
-    def __init__(self, adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., merged_model: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., checkpoints: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., train_seconds: _Optional[float] = ..., train_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., final_train_loss: _Optional[float] = ..., first_train_loss: _Optional[float] = ..., best_validation_loss: _Optional[float] = ..., steps: _Optional[int] = ..., trainable_parameters: _Optional[int] = ..., total_parameters: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., stopped_early: _Optional[bool] = ..., model: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., final_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    gate_evaluation_id: str
+    gate_passed: bool
+    def __init__(self, adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., merged_model: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., checkpoints: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., train_seconds: _Optional[float] = ..., train_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., final_train_loss: _Optional[float] = ..., first_train_loss: _Optional[float] = ..., best_validation_loss: _Optional[float] = ..., steps: _Optional[int] = ..., trainable_parameters: _Optional[int] = ..., total_parameters: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., stopped_early: _Optional[bool] = ..., model: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., gate_evaluation_id: _Optional[str] = ..., gate_passed: _Optional[bool] = ...) -> None: ...
 
 class TrainingCurves(_message.Message):
     __slots__ = ("train_loss", "validation_loss")

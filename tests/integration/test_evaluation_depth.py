@@ -1,0 +1,166 @@
+"""The evaluator in depth, through the real services on tiny models: adapters scored without
+merging (equal to the merged model), every section of the report (gate, error analysis,
+judging with ratings, leaderboard, HTML), and a training job whose quality gate runs on the
+evaluator service."""
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+from tunesmith.api.common.v1 import common_pb2
+from tunesmith.api.data.v1 import data_pb2
+from tunesmith.api.evaluator.v1 import evaluator_pb2
+from tunesmith.api.trainer.v1 import trainer_pb2
+
+from .conftest import banking_rows, import_model, wait_job, write_csv
+
+INTENTS = ["card_arrival", "age_limit", "change_pin"]
+
+
+def _store_adapter(runtime, model: str, folder) -> str:
+    from tunesmith.core.formats.adapter import AdapterMeta, finalize_adapter
+
+    finalize_adapter(folder, AdapterMeta(base_model_uri=runtime.models.get(model).artifact.uri, base_model_name=model,
+                                         method="lora"))
+    return runtime.storage.put_artifact("adapter", folder).uri
+
+
+def _merged(adapter_dir, model_dir, out):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(str(out))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def world(cluster, tiny_model_dir, tmp_path_factory):
+    from tunesmith.testing.contracts import tiny_lora_adapter
+
+    tmp = tmp_path_factory.mktemp("depth")
+    import_model(cluster, "tiny-eval", tiny_model_dir)
+    lora_dir = tiny_lora_adapter(tiny_model_dir, tmp / "lora", seed=3)
+    merged = _merged(lora_dir, tiny_model_dir, tmp / "merged")
+    import_model(cluster, "tiny-merged", merged)
+    lora = _store_adapter(cluster.runtime, "tiny-eval", tmp / "lora")
+    csv = write_csv(tmp / "rows.csv", banking_rows(INTENTS, 6, source="test.csv"))
+    ds = cluster.data.RegisterDataset(data_pb2.RegisterDatasetRequest(source_uri=str(csv), spec=data_pb2.DatasetSpec(
+        schema=data_pb2.SCHEMA_CLASSIFICATION, column_mapping={"input": "text", "output": "category"},
+        split=data_pb2.SplitSpec(validation_fraction=1.0, seed=1))), timeout=60).dataset
+    return {"dataset": ds.id, "lora": lora, "tmp": tmp}
+
+
+def _evaluate(cluster, spec) -> evaluator_pb2.Evaluation:
+    ev = cluster.evaluator.CreateEvaluation(evaluator_pb2.CreateEvaluationRequest(spec=spec), timeout=60)
+    done = wait_job(cluster.evaluator.GetEvaluation, ev.job.id, timeout=600)
+    assert done.job.state == common_pb2.JOB_STATE_SUCCEEDED, done.job.error
+    return done
+
+
+def _outputs(cluster, ev) -> list[dict]:
+    from tunesmith.core.formats.report import read_outputs
+
+    return [r.to_dict() for r in read_outputs(cluster.runtime.storage.resolve(ev.report_artifact.uri))]
+
+
+def _value(ev, label, metric):
+    return next(m.value for s in ev.report.scores if s.label == label for m in s.metrics if m.metric == metric)
+
+
+def test_an_adapter_scores_exactly_as_its_merged_model_and_unlike_its_base(cluster, world):
+    ev = _evaluate(cluster, evaluator_pb2.EvaluationSpec(
+        dataset_id=world["dataset"], benchmarks=["exact_match", "rouge"], generation={"max_new_tokens": 6},
+        models=[{"label": "base", "model": "tiny-eval"},
+                {"label": "adapter", "model": "tiny-eval", "adapter": {"uri": world["lora"]}},
+                {"label": "merged", "model": "tiny-merged"}]))
+    rows = _outputs(cluster, ev)
+    assert [r["outputs"]["adapter"] for r in rows] == [r["outputs"]["merged"] for r in rows]
+    assert [r["outputs"]["adapter"] for r in rows] != [r["outputs"]["base"] for r in rows]
+    assert _value(ev, "adapter", "rouge1") == _value(ev, "merged", "rouge1")
+    # comparisons name the test each metric's statistic calls for
+    tests = {c.metric: c.test for c in ev.report.comparisons if c.candidate == "adapter"}
+    assert tests["exact_match.exact_match"] == "mcnemar" and tests["rouge.rouge1"] == "permutation"
+
+
+def test_the_full_report_gate_errors_judge_leaderboard_and_html(cluster, world):
+    spec = evaluator_pb2.EvaluationSpec(
+        dataset_id=world["dataset"], benchmarks=["exact_match", "macro_f1", "bleu", "perplexity"],
+        generation={"max_new_tokens": 8}, error_analysis=True, html_report=True,
+        gate={"enabled": True, "max_rows": 6},
+        judge={"rule": "shorter", "leaderboard": "tiny-board"},
+        models=[{"label": "base", "model": "tiny-eval"},
+                {"label": "adapter", "model": "tiny-eval", "adapter": {"uri": world["lora"]}},
+                {"label": "merged", "model": "tiny-merged"}])
+    ev = _evaluate(cluster, spec)
+    report = ev.report
+    labels = ["base", "adapter", "merged"]
+
+    # the gate: both suites, every candidate, and the suites' own scores for every model
+    checks = {(c.suite, c.candidate) for c in report.gate.checks if c.kind == "suite"}
+    assert checks == {(s, c) for s in ("general_mc", "general_text") for c in ("adapter", "merged")}
+    assert report.regression_gate_passed == report.gate.passed == all(c.passed for c in report.gate.checks)
+    assert {s.label for s in report.gate.suite_scores} == set(labels)
+    ppl = {s.label: next(m.value for m in s.metrics if m.metric == "perplexity") for s in report.gate.suite_scores}
+    assert all(v > 1 for v in ppl.values())
+    assert ppl["adapter"] == pytest.approx(ppl["merged"], rel=1e-5) and ppl["adapter"] != pytest.approx(ppl["base"])
+
+    # error analysis: counted per model from the answers themselves
+    rows = _outputs(cluster, ev)
+    for label in labels:
+        empty = sum(1 for r in rows if not r["outputs"][label].strip())
+        assert report.error_analysis[label].values.get("empty_answer", 0) == empty
+        invalid = sum(1 for r in rows if r["outputs"][label].strip() and
+                      r["outputs"][label].strip().lower() not in INTENTS)
+        got = sum(v for k, v in report.error_analysis[label].values.items() if k.startswith("invalid_label"))
+        assert got == invalid
+
+    # judging with the "shorter" rule: the ratings follow the pairwise wins the rule implies
+    wins = {label: 0 for label in labels}
+    for r in rows[: len(rows)]:
+        for a, b in itertools.combinations(labels, 2):
+            la, lb = (len(r["outputs"][x]) for x in (a, b))
+            if r["outputs"][a] and r["outputs"][b] and la != lb:
+                wins[a if la < lb else b] += 1
+    by_rating = [e.label for e in sorted(report.elo, key=lambda e: -e.rating)]
+    by_wins = sorted(labels, key=lambda x: -wins[x])
+    if len(set(wins.values())) == len(labels):  # a strict order exists
+        assert by_rating == by_wins
+    assert all(e.ci_low <= e.rating <= e.ci_high for e in report.elo)
+    assert report.judged_pairs == 3 * len(rows)
+
+    from tunesmith.core.formats.leaderboard import read_leaderboard
+
+    board = read_leaderboard(cluster.runtime.storage, "tiny-board")
+    assert len(board.ratings) == 3
+
+    # the HTML report: in the report artifact, self-contained, with its figures
+    from tunesmith.core.formats.report import HTML_FILE
+
+    assert report.html_report.uri == ev.report_artifact.uri
+    html = (cluster.runtime.storage.resolve(ev.report_artifact.uri) / HTML_FILE).read_text()
+    assert html.count("<svg") >= 3 and "http://" not in html and "https://" not in html
+    stored = json.loads((cluster.runtime.storage.resolve(ev.report_artifact.uri) / "report.json").read_text())
+    assert stored["report"]["gate"].get("passed", False) == report.gate.passed  # proto JSON omits false
+
+
+def test_a_training_job_runs_its_quality_gate_on_the_evaluator(cluster, world, tiny_model_dir):
+    csv = write_csv(world["tmp"] / "train.csv", banking_rows(INTENTS, 8))
+    ds = cluster.data.RegisterDataset(data_pb2.RegisterDatasetRequest(source_uri=str(csv), spec=data_pb2.DatasetSpec(
+        schema=data_pb2.SCHEMA_CLASSIFICATION, column_mapping={"input": "text", "output": "category"},
+        split=data_pb2.SplitSpec(validation_rows=6, seed=1))), timeout=60).dataset
+    job = cluster.trainer.CreateTrainingJob(trainer_pb2.CreateTrainingJobRequest(spec=trainer_pb2.TrainingJobSpec(
+        base_model="tiny-eval", dataset_id=ds.id, method=trainer_pb2.MethodSpec(lora=trainer_pb2.LoraConfig(rank=4)),
+        hyperparameters=trainer_pb2.Hyperparameters(epochs=1, batch_size=4, learning_rate=1e-3),
+        gate=trainer_pb2.QualityGate(enabled=True, max_rows=6))), timeout=30)
+    assert list(job.spec.gate.suites) == ["general_mc", "general_text"]
+    done = wait_job(cluster.trainer.GetTrainingJob, job.job.id, timeout=600)
+    assert done.job.state == common_pb2.JOB_STATE_SUCCEEDED, done.job.error
+    assert done.result.gate_evaluation_id
+    ev = cluster.evaluator.GetEvaluation(common_pb2.GetJobRequest(job_id=done.result.gate_evaluation_id), timeout=30)
+    assert ev.spec.models[1].adapter.uri == done.result.adapter.uri  # base + adapter, not merged
+    assert done.result.gate_passed == ev.report.gate.passed
+    assert {c.suite for c in ev.report.gate.checks} == {"general_mc", "general_text"}
