@@ -10,7 +10,7 @@ import pytest
 import tunesmith.core.storage as storage_mod
 from tunesmith.core.errors import InvalidArgument, NotFound
 from tunesmith.core.formats import FormatError
-from tunesmith.core.formats.leaderboard import (
+from tunesmith.evaluator.leaderboard import (
     FORMAT,
     Leaderboard,
     board_key,

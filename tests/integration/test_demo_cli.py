@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from .test_up import free_base_port
 
@@ -30,3 +31,9 @@ def test_demo_json_summary(tmp_path, tiny_model_dir):
 
     for uri in summary["artifacts"].values():  # storage-relative URIs of artifacts in this storage
         assert uri.startswith("artifact://") and LocalStorage(tmp_path).resolve(uri).is_dir()
+    # the evaluation also reports the regression gate, the error analysis and the HTML report
+    assert {c["suite"] for c in summary["gate"]["checks"]} >= {"general_mc", "general_text"}
+    assert summary["gate"]["passed"] == all(c["passed"] for c in summary["gate"]["checks"])
+    assert set(summary["errors"]) == {"base", "tuned"} and "empty_answer" in summary["errors"]["base"]
+    html = Path(summary["html_report"])
+    assert html.is_file() and html.read_text().count("<svg") >= 2

@@ -132,7 +132,7 @@ def test_the_full_report_gate_errors_judge_leaderboard_and_html(cluster, world):
     assert all(e.ci_low <= e.rating <= e.ci_high for e in report.elo)
     assert report.judged_pairs == 3 * len(rows)
 
-    from tunesmith.core.formats.leaderboard import read_leaderboard
+    from tunesmith.evaluator.leaderboard import read_leaderboard
 
     board = read_leaderboard(cluster.runtime.storage, "tiny-board")
     assert len(board.ratings) == 3

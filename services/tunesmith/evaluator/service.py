@@ -283,7 +283,7 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
         report.judged_pairs = len(results)
         report.inconsistent_pairs = sum(1 for r in results if not r.consistent)
         if j.leaderboard:
-            from tunesmith.core.formats.leaderboard import update_leaderboard
+            from tunesmith.evaluator.leaderboard import update_leaderboard
 
             update_leaderboard(self.rt.storage, j.leaderboard, results, refs, evaluation_id=record.job.id,
                                judge=j.rule or j.model)

@@ -28,8 +28,8 @@ conditional write; concurrent updaters of one name serialise on a lock file
 so no update is lost between processes sharing a POSIX filesystem. Where fcntl is missing only
 the threads of one process are serialised.
 
-Unlike the other formats this module computes (the ratings): it imports
-tunesmith.evaluator.elo inside update_leaderboard(), never at import.
+The evaluator alone writes and reads leaderboards, so the format lives with it (not in
+core/formats) and computes the ratings with tunesmith.evaluator.elo.
 """
 from __future__ import annotations
 
