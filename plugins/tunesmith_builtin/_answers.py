@@ -72,6 +72,16 @@ def known_options(options: Any, benchmark: str, allowed: Iterable[str]) -> dict[
     return options_dict(options, f"benchmark {benchmark!r}", allowed)
 
 
+def string_options(options: Any, benchmark: str, allowed: Iterable[str]) -> dict[str, Any]:
+    """known_options() for a benchmark whose options are all strings: InvalidArgument(field=<key>)
+    for an unknown key or a value that is not a string."""
+    opts = known_options(options, benchmark, allowed)
+    for key, value in opts.items():
+        if not isinstance(value, str):
+            raise InvalidArgument(f"option {key!r} must be a string, got {type(value).__name__}", field=key)
+    return opts
+
+
 def bool_option(options: dict[str, Any], key: str, default: bool) -> bool:
     return flag(options, key, default)
 

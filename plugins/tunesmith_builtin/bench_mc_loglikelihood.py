@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from tunesmith.core.contracts import EvalRow, MetricSpec
-from tunesmith.core.errors import InvalidArgument
 from tunesmith.core.plugins import hookimpl
+from tunesmith_builtin._answers import string_options
 
 OPTIONS: dict[str, Any] = {"target_delimiter": " "}
 
@@ -49,12 +49,7 @@ class MultipleChoiceLogLikelihood:
     )
 
     def validate_options(self, options: dict[str, Any]) -> None:
-        for key, value in (options or {}).items():
-            if key not in OPTIONS:
-                raise InvalidArgument(f"benchmark {self.name!r} has no option {key!r} "
-                                      f"(options: {', '.join(sorted(OPTIONS))})", field=key)
-            if not isinstance(value, str):
-                raise InvalidArgument(f"option {key!r} must be a string, got {type(value).__name__}", field=key)
+        string_options(options, self.name, OPTIONS)
 
     def requests(self, row: EvalRow, options: dict[str, Any]) -> list[tuple[str, str]]:
         if len(row.choices) < 2:

@@ -37,6 +37,27 @@ def _merged(adapter_dir, model_dir, out):
     return str(out)
 
 
+def _prompt_learning_adapter(runtime, model: str, model_dir: str, folder) -> str:
+    """A trained-looking prefix-tuning adapter (random prefixes, scaled so greedy output changes)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.core.formats.adapter import AdapterMeta, finalize_adapter
+
+    method = runtime.registry.get("peft_methods", "prefix_tuning")
+    torch.manual_seed(5)
+    peft_model = method.apply(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+                              {"num_virtual_tokens": 4})
+    with torch.no_grad():
+        for p in peft_model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 3.0)
+    method.save(peft_model, folder)
+    finalize_adapter(folder, AdapterMeta(base_model_uri=runtime.models.get(model).artifact.uri, base_model_name=model,
+                                         method="prefix_tuning"))
+    return runtime.storage.put_artifact("adapter", folder).uri
+
+
 @pytest.fixture(scope="module")
 def world(cluster, tiny_model_dir, tmp_path_factory):
     from tunesmith.testing.contracts import tiny_lora_adapter
@@ -47,11 +68,12 @@ def world(cluster, tiny_model_dir, tmp_path_factory):
     merged = _merged(lora_dir, tiny_model_dir, tmp / "merged")
     import_model(cluster, "tiny-merged", merged)
     lora = _store_adapter(cluster.runtime, "tiny-eval", tmp / "lora")
+    prefix = _prompt_learning_adapter(cluster.runtime, "tiny-eval", tiny_model_dir, tmp / "prefix")
     csv = write_csv(tmp / "rows.csv", banking_rows(INTENTS, 6, source="test.csv"))
     ds = cluster.data.RegisterDataset(data_pb2.RegisterDatasetRequest(source_uri=str(csv), spec=data_pb2.DatasetSpec(
         schema=data_pb2.SCHEMA_CLASSIFICATION, column_mapping={"input": "text", "output": "category"},
         split=data_pb2.SplitSpec(validation_fraction=1.0, seed=1))), timeout=60).dataset
-    return {"dataset": ds.id, "lora": lora, "tmp": tmp}
+    return {"dataset": ds.id, "lora": lora, "prefix": prefix, "tmp": tmp}
 
 
 def _evaluate(cluster, spec) -> evaluator_pb2.Evaluation:
@@ -76,10 +98,13 @@ def test_an_adapter_scores_exactly_as_its_merged_model_and_unlike_its_base(clust
         dataset_id=world["dataset"], benchmarks=["exact_match", "rouge"], generation={"max_new_tokens": 6},
         models=[{"label": "base", "model": "tiny-eval"},
                 {"label": "adapter", "model": "tiny-eval", "adapter": {"uri": world["lora"]}},
-                {"label": "merged", "model": "tiny-merged"}]))
+                {"label": "merged", "model": "tiny-merged"},
+                {"label": "prefix", "model": "tiny-eval", "adapter": {"uri": world["prefix"]}}]))
     rows = _outputs(cluster, ev)
     assert [r["outputs"]["adapter"] for r in rows] == [r["outputs"]["merged"] for r in rows]
     assert [r["outputs"]["adapter"] for r in rows] != [r["outputs"]["base"] for r in rows]
+    # a prefix-tuning adapter cannot be merged, and is scored on its base all the same
+    assert [r["outputs"]["prefix"] for r in rows] != [r["outputs"]["base"] for r in rows]
     assert _value(ev, "adapter", "rouge1") == _value(ev, "merged", "rouge1")
     # comparisons name the test each metric's statistic calls for
     tests = {c.metric: c.test for c in ev.report.comparisons if c.candidate == "adapter"}
@@ -164,3 +189,68 @@ def test_a_training_job_runs_its_quality_gate_on_the_evaluator(cluster, world, t
     assert ev.spec.models[1].adapter.uri == done.result.adapter.uri  # base + adapter, not merged
     assert done.result.gate_passed == ev.report.gate.passed
     assert {c.suite for c in ev.report.gate.checks} == {"general_mc", "general_text"}
+
+
+def test_multiple_choice_by_loglikelihood_matches_the_backend_and_benchmark_run_directly(cluster, world,
+                                                                                          tiny_model_dir):
+    """A multiple-choice dataset through the data service and CreateEvaluation gives the acc,
+    acc_norm and perplexity that the backend's loglikelihood and the benchmarks give in-process."""
+    from importlib import resources
+
+    from tunesmith.core.contracts import EvalRow
+    from tunesmith.evaluator.rows import with_loglikelihoods
+    from tunesmith.evaluator.scoring import score_benchmark
+
+    items = [json.loads(line) for line in
+             resources.files("tunesmith.evaluator.suites").joinpath("general_mc.jsonl").read_text().splitlines()[:10]]
+    path = world["tmp"] / "quiz.jsonl"
+    path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    ds = cluster.data.RegisterDataset(data_pb2.RegisterDatasetRequest(source_uri=str(path), spec=data_pb2.DatasetSpec(
+        schema=data_pb2.SCHEMA_MULTIPLE_CHOICE, split=data_pb2.SplitSpec(validation_fraction=1.0))), timeout=60).dataset
+    ev = _evaluate(cluster, evaluator_pb2.EvaluationSpec(
+        dataset_id=ds.id, benchmarks=["mc_loglikelihood", "perplexity"], max_rows=10,
+        models=[{"label": "base", "model": "tiny-eval"}]))
+
+    backend = cluster.runtime.registry.get("inference_backends", "transformers")
+    model = backend.load(tiny_model_dir)
+    try:
+        from tunesmith.core.formats.dataset import read_prepared
+
+        prepared = read_prepared(cluster.runtime.storage, cluster.runtime.datasets.get(ds.id).artifact.uri).rows(
+            "validation")
+        rows = [EvalRow(prompt=r["prompt"], reference=r["completion"].strip(), choices=tuple(r["choices"]),
+                        gold=r["gold"]) for r in prepared]
+        for name in ("mc_loglikelihood", "perplexity"):
+            bench = cluster.runtime.registry.get("benchmarks", name)
+            requests = [bench.requests(r, {}) for r in rows]
+            scored = with_loglikelihoods(rows, requests, model.loglikelihood([q for qs in requests for q in qs]))
+            for mr in score_benchmark(bench, scored, {}).metrics:
+                assert _value(ev, "base", mr.metric) == pytest.approx(mr.value, rel=1e-6), mr.metric
+    finally:
+        model.close()
+    assert {r["gold"] for r in prepared} == {i["answer"] for i in items}
+
+
+def test_a_served_model_judges_through_the_inference_service(cluster, world):
+    """judge.model: a model loaded on the inference service answers the pairwise template over
+    gRPC. The tiny model never writes a [[A]]/[[B]] verdict, so every pair is a tie: the ratings
+    are equal and no pair counts as inconsistent."""
+    import time
+
+    from tunesmith.api.inference.v1 import inference_pb2
+
+    served = cluster.inference.LoadModel(inference_pb2.LoadModelRequest(  # room for the judge prompt
+        name="tiny-judge", model="tiny-eval", backend="transformers", max_model_len=2048), timeout=60)
+    while served.state == inference_pb2.SERVED_MODEL_STATE_LOADING:
+        time.sleep(0.2)
+        served = cluster.inference.GetServedModel(inference_pb2.GetServedModelRequest(name="tiny-judge"), timeout=10)
+    assert served.state == inference_pb2.SERVED_MODEL_STATE_READY, served.error
+    ev = _evaluate(cluster, evaluator_pb2.EvaluationSpec(
+        dataset_id=world["dataset"], max_rows=3, generation={"max_new_tokens": 4},
+        judge={"model": "tiny-judge", "rubric": "prefer the correct intent", "max_new_tokens": 8},
+        models=[{"label": "base", "model": "tiny-eval"},
+                {"label": "adapter", "model": "tiny-eval", "adapter": {"uri": world["lora"]}}]))
+    assert ev.spec.judge.template == "pairwise" and ev.spec.judge.swap_positions
+    assert ev.report.judged_pairs == 3 and ev.report.inconsistent_pairs == 0
+    ratings = {e.label: e for e in ev.report.elo}
+    assert ratings["base"].ties == 3 and ratings["base"].rating == pytest.approx(ratings["adapter"].rating)

@@ -255,6 +255,8 @@ CASES = [
     ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=TWO, judge={"rule": "shorter", "max_prompts": -1}), C.INVALID_ARGUMENT, "spec.judge.max_prompts"),
     ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=TWO, judge={"rule": "shorter", "leaderboard": "no spaces"}), C.INVALID_ARGUMENT, "spec.judge.leaderboard"),
     ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=TWO, judge={"model": "not-loaded"}), C.FAILED_PRECONDITION, "spec.judge.model"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=TWO, judge={"model": "served", "max_new_tokens": 5000}), C.INVALID_ARGUMENT, "spec.judge.max_new_tokens"),
+    ("evaluator", "CreateEvaluation", lambda w: evaluation(w, models=TWO, judge={"rule": "shorter", "max_new_tokens": 5}), C.INVALID_ARGUMENT, "spec.judge.max_new_tokens"),
     ("evaluator", "CreateEvaluation", lambda w: evaluation(w, error_analysis=True, error_checks=["nope"]), C.INVALID_ARGUMENT, "spec.error_checks[0]"),
     ("evaluator", "CreateEvaluation", lambda w: evaluation(w, error_checks=["empty_answer"]), C.INVALID_ARGUMENT, "spec.error_checks"),
     ("evaluator", "CreateEvaluation", lambda w: evaluation(w, options={"nope": {}}), C.INVALID_ARGUMENT, "spec.options.nope"),

@@ -30,16 +30,15 @@ import os
 import re
 import shutil
 import struct
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tunesmith.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from tunesmith.core.formats import FormatError
 from tunesmith.core.formats.model import RECORDS_PREFIX, ModelRecord, entry_key, read_entry, write_entry
-from tunesmith.core.storage import MANIFEST, LocalStorage, artifact_uri
+from tunesmith.core.storage import MANIFEST, LocalStorage, artifact_uri, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -283,30 +282,15 @@ class ModelStore:
 
     def __init__(self, storage: LocalStorage):
         self.storage = storage
-        self._lock = threading.Lock()
 
     # -- records ----------------------------------------------------------------------------
     @staticmethod
     def _record_key(name: str) -> str:
         return entry_key(name)
 
-    @contextlib.contextmanager
-    def _name_lock(self, name: str) -> Iterator[None]:
+    def _name_lock(self, name: str):
         """Serialise writers of one name across threads and processes (flock on a lock file)."""
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: atomic writes still keep storage consistent
-            with self._lock:
-                yield
-            return
-        path = self.storage.path(f"{RECORDS_PREFIX}/.{name}.lock")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as fh:  # one open file per caller, so threads block each other too
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return file_lock(self.storage.path(f"{RECORDS_PREFIX}/.{name}.lock"))
 
     def _artifact_folder(self, sha256: str) -> Path:
         return self.storage.local_path(artifact_uri(MODEL_KIND, sha256))

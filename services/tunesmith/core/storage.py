@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -396,3 +397,27 @@ def open_storage(root: str | None = None, registry=None) -> LocalStorage:
 
         registry = get_registry()
     return registry.get("storage_backends", scheme)(root)
+
+
+_FALLBACK_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """Serialise a critical section across threads and processes sharing a POSIX filesystem:
+    flock on the lock file `path` (created with its folder), one open file per caller so threads
+    block each other too. Without fcntl only the threads of this process are serialised (atomic
+    writes still keep each document whole)."""
+    try:
+        import fcntl
+    except ImportError:
+        with _FALLBACK_LOCK:
+            yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

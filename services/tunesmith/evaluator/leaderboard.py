@@ -33,17 +33,16 @@ core/formats) and computes the ratings with tunesmith.evaluator.elo.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.core.errors import InvalidArgument, NotFound
 from tunesmith.core.formats._common import FormatError, check, read_key, require, stamp
+from tunesmith.core.storage import file_lock
 
 FORMAT = "tunesmith.leaderboard"
 VERSION = "1.0"
@@ -54,7 +53,6 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RESAMPLES = 200
 SEED = 0
 
-_thread_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -193,22 +191,8 @@ def compute_ratings(entries: Sequence[LeaderboardEntry], labels: Mapping[str, st
                  for r in ratings)
 
 
-@contextlib.contextmanager
-def _board_lock(storage, name: str) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: the atomic write still keeps the document whole
-        with _thread_lock:
-            yield
-        return
-    path = storage.path(f"{PREFIX}/.{name}.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:  # one open file per caller, so threads block each other too
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+def _board_lock(storage, name: str):
+    return file_lock(storage.path(f"{PREFIX}/.{name}.lock"))
 
 
 def update_leaderboard(storage, name: str, results: Sequence[Any], models: Mapping[str, str], *,

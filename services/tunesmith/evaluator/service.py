@@ -306,7 +306,13 @@ class EvaluatorServicer(evaluator_pb2_grpc.EvaluatorServiceServicer):
         template = self.rt.registry.get("judge_templates", j.template)
 
         def generate(prompts: list[str]) -> list[str]:
-            return client.generate(j.model, prompts, max_new_tokens=256, temperature=0.0)
+            from tunesmith.client.errors import TunesmithClientError
+
+            try:
+                return client.generate(j.model, prompts, max_new_tokens=j.max_new_tokens, temperature=0.0)
+            except TunesmithClientError as exc:
+                raise JobFailed("judge_failed", f"judge model {j.model!r} could not answer the {j.template!r} "
+                                f"prompts: {exc}", "spec.judge.model") from None
 
         return ModelJudge(template, generate, rubric=j.rubric).compare_many
 

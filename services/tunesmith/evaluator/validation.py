@@ -45,6 +45,7 @@ DEFAULT_SPLIT = "validation"
 DEFAULT_BENCHMARK = "exact_match"
 DEFAULT_JUDGE_TEMPLATE = "pairwise"
 DEFAULT_ELO_INITIAL = 1000.0
+DEFAULT_JUDGE_TOKENS = 128
 MAX_MODELS = 16
 MAX_JUDGE_PROMPTS = 1000
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -95,6 +96,8 @@ def _check_judge(v: Violations, spec) -> None:
     check_float(v, j.elo_initial, "spec.judge.elo_initial", 0.0, 1e6, zero_means=str(DEFAULT_ELO_INITIAL))
     check_float(v, j.elo_k, "spec.judge.elo_k", 0.0, 100.0, zero_means="Bradley-Terry ratings")
     check_int(v, j.max_prompts, "spec.judge.max_prompts", 0, MAX_JUDGE_PROMPTS, zero_means="every evaluated row")
+    check_int(v, j.max_new_tokens, "spec.judge.max_new_tokens", 0, 1024, zero_means=str(DEFAULT_JUDGE_TOKENS))
+    v.check(not (j.rule and j.max_new_tokens), "spec.judge.max_new_tokens", "applies to model judges only")
     check_strings(v, [j.rubric], "spec.judge.rubric", max_items=1, max_length=4000, allow_empty=True)
     v.check(not j.leaderboard or bool(_BOARD.match(j.leaderboard)), "spec.judge.leaderboard",
             "1-64 characters of letters, digits, '.', '_', '-'")
@@ -198,6 +201,8 @@ def accept_evaluation_request(request: evaluator_pb2.CreateEvaluationRequest, ru
         spec.judge.template = spec.judge.template or DEFAULT_JUDGE_TEMPLATE
         runtime.registry.require("judge_templates", spec.judge.template, "spec.judge.template")
         spec.judge.elo_initial = spec.judge.elo_initial or DEFAULT_ELO_INITIAL
+        if spec.judge.model:
+            spec.judge.max_new_tokens = spec.judge.max_new_tokens or DEFAULT_JUDGE_TOKENS
         if not spec.judge.HasField("swap_positions"):
             spec.judge.swap_positions = True
     if spec.gate.enabled:

@@ -87,7 +87,7 @@ class RegressionGate(_message.Message):
     def __init__(self, suites: _Optional[_Iterable[str]] = ..., tolerance: _Optional[float] = ..., alpha: _Optional[float] = ..., max_rows: _Optional[int] = ..., enabled: _Optional[bool] = ...) -> None: ...
 
 class JudgeConfig(_message.Message):
-    __slots__ = ("model", "rubric", "swap_positions", "elo_initial", "elo_k", "rule", "template", "leaderboard", "max_prompts")
+    __slots__ = ("model", "rubric", "swap_positions", "elo_initial", "elo_k", "rule", "template", "leaderboard", "max_prompts", "max_new_tokens")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RUBRIC_FIELD_NUMBER: _ClassVar[int]
     SWAP_POSITIONS_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class JudgeConfig(_message.Message):
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     LEADERBOARD_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model: str
     rubric: str
     swap_positions: bool
@@ -106,7 +107,8 @@ class JudgeConfig(_message.Message):
     template: str
     leaderboard: str
     max_prompts: int
-    def __init__(self, model: _Optional[str] = ..., rubric: _Optional[str] = ..., swap_positions: _Optional[bool] = ..., elo_initial: _Optional[float] = ..., elo_k: _Optional[float] = ..., rule: _Optional[str] = ..., template: _Optional[str] = ..., leaderboard: _Optional[str] = ..., max_prompts: _Optional[int] = ...) -> None: ...
+    max_new_tokens: int
+    def __init__(self, model: _Optional[str] = ..., rubric: _Optional[str] = ..., swap_positions: _Optional[bool] = ..., elo_initial: _Optional[float] = ..., elo_k: _Optional[float] = ..., rule: _Optional[str] = ..., template: _Optional[str] = ..., leaderboard: _Optional[str] = ..., max_prompts: _Optional[int] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class EloRating(_message.Message):
     __slots__ = ("label", "rating", "wins", "losses", "ties", "ci_low", "ci_high", "model")
