@@ -1,4 +1,5 @@
 """`tunesmith up`: four real server processes, health, reflection, status with plugins, SIGTERM."""
+import json
 import os
 import signal
 import socket
@@ -18,9 +19,10 @@ from .conftest import STUBS
 
 
 def free_base_port(n=4):
+    """A base port with base..base+n-1 free, and base+1003 (the inference HTTP API) too."""
     for base in range(56000, 60000, 10):
         ok = True
-        for p in range(base, base + n):
+        for p in [*range(base, base + n), base + 1003]:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", p)) == 0:
                     ok = False
@@ -57,6 +59,17 @@ def test_up_prints_the_four_addresses(up):
     base, lines, _ = up
     for i, service in enumerate(SERVICE_NAMES):
         assert any(line.startswith(service) and f"localhost:{base + i}" in line for line in lines), lines
+
+
+def test_up_serves_the_openai_compatible_http_api(up):
+    """The inference service's HTTP API (at the inference port + 1000 with --base-port)."""
+    import urllib.request
+
+    base, lines, _ = up
+    http = base + 3 + 1000
+    assert any(line.startswith("http") and f"localhost:{http}/v1" in line for line in lines), lines
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/v1/models", timeout=10) as r:
+        assert r.status == 200 and json.loads(r.read()) == {"object": "list", "data": []}
 
 
 @pytest.mark.parametrize("index,service", list(enumerate(SERVICE_NAMES)))

@@ -22,8 +22,13 @@ def cmd_serve(args) -> int:
     runtime = Runtime.create(args.storage)
     # Staging left by writers killed mid-write (never visible as artifacts); 6 h spares live ones.
     runtime.storage.clean_staging(older_than_seconds=6 * 3600)
-    running = start_service(args.service, runtime, port=args.port, host=args.host, grace=args.grace)
+    http_port = None if args.service != "inference" or args.no_http else args.http_port
+    running = start_service(args.service, runtime, port=args.port, host=args.host, grace=args.grace,
+                            http_port=http_port)
     print(f"{args.service} listening on {args.host}:{running.port}", file=sys.stderr, flush=True)
+    if running.http_port is not None:
+        print(f"{args.service} OpenAI-compatible HTTP API on port {running.http_port} (/v1)", file=sys.stderr,
+              flush=True)
     serve_forever(running)
     return 0
 
@@ -35,6 +40,8 @@ def cmd_up(args) -> int:
     cluster = LocalCluster(ports=ports, storage=args.storage).start()
     for service, address in cluster.addresses.items():
         print(f"{service:<10} {address}   ({SERVICE_NAMES[service]})", flush=True)
+    print(f"{'http':<10} http://localhost:{cluster.http_port}/v1   (OpenAI-compatible API of the inference service)",
+          flush=True)
     print("all four services are SERVING; Ctrl-C stops them", flush=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -117,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="[::]")
     s.add_argument("--storage", default=None, help="storage root (default $TUNESMITH_HOME or ~/.tunesmith)")
     s.add_argument("--grace", type=float, default=10.0, help="seconds to finish in-flight calls on SIGTERM")
+    s.add_argument("--http-port", type=int, default=8000,
+                   help="inference only: port of the OpenAI-compatible HTTP API (default 8000)")
+    s.add_argument("--no-http", action="store_true", help="inference only: no HTTP API")
     s.set_defaults(func=cmd_serve)
 
     u = sub.add_parser("up", help="run all four services on localhost")

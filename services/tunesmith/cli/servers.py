@@ -34,11 +34,29 @@ def build_servicer(service: str, runtime) -> tuple[object, Callable]:
     raise ValueError(f"unknown service {service!r}; choose from {', '.join(SERVICES)}")
 
 
-def start_service(service: str, runtime, *, port: int = 0, host: str = "[::]", grace: float = 10.0) -> RunningServer:
-    """Start one service in this process (tests use this with port 0)."""
+def start_service(service: str, runtime, *, port: int = 0, host: str = "[::]", grace: float = 10.0,
+                  http_port: int | None = None) -> RunningServer:
+    """Start one service in this process (tests use this with port 0). For the inference
+    service, http_port (0: any free port; None: off) also serves the OpenAI-compatible HTTP API
+    on the same servicer; RunningServer.http_port says where."""
     servicer, add = build_servicer(service, runtime)
-    return start_server(service, servicer, add, port=port, host=host, grace=grace,
-                        on_stop=getattr(servicer, "close", None))
+    http = None
+    if service == "inference" and http_port is not None:
+        from tunesmith.inference.http_api import HttpServer
+
+        http = HttpServer(servicer, host="127.0.0.1" if host in ("127.0.0.1", "localhost") else "0.0.0.0",
+                          port=http_port).start()
+    close = getattr(servicer, "close", None)
+
+    def on_stop() -> None:
+        if http is not None:
+            http.stop()
+        if close:
+            close()
+
+    running = start_server(service, servicer, add, port=port, host=host, grace=grace, on_stop=on_stop)
+    running.http_port = http.port if http is not None else None
+    return running
 
 
 def wait_healthy(address: str, service: str, timeout: float) -> bool:
@@ -63,8 +81,15 @@ def wait_healthy(address: str, service: str, timeout: float) -> bool:
 class LocalCluster:
     """The four services as child processes on localhost (the embedded default)."""
 
-    def __init__(self, *, ports: dict[str, int] | None = None, storage: str | None = None, log_dir: str | None = None):
+    def __init__(self, *, ports: dict[str, int] | None = None, storage: str | None = None, log_dir: str | None = None,
+                 http_port: int | None = None):
+        """http_port: the inference service's OpenAI-compatible HTTP API (default 8000 with the
+        default ports, else the inference port + 1000)."""
+        from tunesmith.inference.http_api import DEFAULT_HTTP_PORT
+
         self.ports = dict(ports or DEFAULT_PORTS)
+        self.http_port = http_port if http_port is not None else (
+            DEFAULT_HTTP_PORT if ports is None else self.ports["inference"] + 1000)
         self.storage = storage
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
@@ -85,9 +110,10 @@ class LocalCluster:
             if self.log_dir:
                 self._logs.append(out)
             # The embedded default listens on loopback only: there is no authentication yet.
+            http = ["--http-port", str(self.http_port)] if service == "inference" else []
             self.procs[service] = subprocess.Popen(
                 [sys.executable, "-m", "tunesmith.cli.main", "serve", service, "--port", str(port),
-                 "--host", "127.0.0.1"],
+                 "--host", "127.0.0.1", *http],
                 env=env, stdout=out, stderr=out if self.log_dir else None)
         for service in self.ports:
             if not wait_healthy(self.addresses[service], service, timeout):

@@ -194,6 +194,8 @@ class RunningServer:
     health: health.HealthServicer
     grace: float
     on_stop: Callable[[], None] | None = None
+    #: The inference service's HTTP API port, where it serves one (set by start_service).
+    http_port: int | None = None
 
     @property
     def address(self) -> str:

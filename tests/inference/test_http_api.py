@@ -1,0 +1,143 @@
+"""The OpenAI-compatible HTTP API, driven by the official `openai` client against a real inference
+service (gRPC and HTTP in one process, sharing the loaded model) on a tiny model."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+
+@pytest.fixture(scope="module")
+def service(varied_model_dir, tmp_path_factory):
+    import grpc
+
+    from tunesmith.api.inference.v1 import inference_pb2, inference_pb2_grpc
+    from tunesmith.cli.servers import start_service
+    from tunesmith.core.runtime import Runtime
+    from tunesmith.testing.contracts import tiny_lora_adapter
+
+    runtime = Runtime.create(str(tmp_path_factory.mktemp("http-storage")))
+    runtime.models.register("tiny", varied_model_dir)
+    running = start_service("inference", runtime, port=0, host="127.0.0.1", http_port=0)
+    channel = grpc.insecure_channel(running.address)
+    stub = inference_pb2_grpc.InferenceServiceStub(channel)
+    stub.LoadModel(inference_pb2.LoadModelRequest(name="tiny", model="tiny", backend="transformers",
+                                                  enable_adapters=True), timeout=60)
+    deadline = time.monotonic() + 60
+    while stub.GetServedModel(inference_pb2.GetServedModelRequest(name="tiny")).state != \
+            inference_pb2.SERVED_MODEL_STATE_READY:
+        assert time.monotonic() < deadline, "the model did not load"
+        time.sleep(0.1)
+    adapter_dir = tiny_lora_adapter(varied_model_dir, tmp_path_factory.mktemp("lora") / "a")
+    uri = runtime.storage.put_artifact("adapter", adapter_dir).uri
+    stub.LoadAdapter(inference_pb2.LoadAdapterRequest(name="acme", base="tiny", adapter={"uri": uri}), timeout=60)
+    yield {"stub": stub, "http": f"http://127.0.0.1:{running.http_port}/v1"}
+    channel.close()
+    running.stop(0)
+
+
+@pytest.fixture
+def client(service):
+    return openai.OpenAI(base_url=service["http"], api_key="unused", max_retries=0, timeout=60)
+
+
+def _grpc_text(service, model, prompt, max_new_tokens):
+    from tunesmith.api.inference.v1 import inference_pb2
+
+    r = service["stub"].Generate(inference_pb2.GenerateRequest(
+        model=model, prompts=[prompt], sampling=inference_pb2.SamplingParams(max_new_tokens=max_new_tokens)),
+        timeout=60)
+    return r.completions[0]
+
+
+def test_models_lists_the_served_model_and_its_adapter(client):
+    ids = {m.id for m in client.models.list().data}
+    assert ids == {"tiny", "tiny:acme"}
+
+
+def test_completion_equals_the_grpc_answer_and_reports_usage(client, service):
+    from tunesmith.api.inference.v1 import inference_pb2
+
+    r = client.completions.create(model="tiny", prompt="Hello there", max_tokens=8, temperature=0)
+    expected = _grpc_text(service, "tiny", inference_pb2.Prompt(text="Hello there"), 8)
+    assert r.choices[0].text == expected.text
+    assert r.usage.completion_tokens == expected.completion_tokens
+    assert r.usage.prompt_tokens == expected.prompt_tokens
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.choices[0].finish_reason == {1: "stop", 2: "length"}[expected.finish_reason]
+
+
+def test_an_adapter_by_base_colon_name_answers_like_grpc_and_unlike_the_base(client, service):
+    from tunesmith.api.inference.v1 import inference_pb2
+
+    prompt = "Order status"
+    tuned = client.completions.create(model="tiny:acme", prompt=prompt, max_tokens=8, temperature=0).choices[0].text
+    assert tuned == _grpc_text(service, "acme", inference_pb2.Prompt(text=prompt), 8).text
+    assert tuned != client.completions.create(model="tiny", prompt=prompt, max_tokens=8,
+                                              temperature=0).choices[0].text
+
+
+def test_streaming_joins_to_the_unary_text_and_ends_with_usage(client):
+    unary = client.completions.create(model="tiny", prompt="Stream me", max_tokens=10, temperature=0)
+    chunks = list(client.completions.create(model="tiny", prompt="Stream me", max_tokens=10, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == unary.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == unary.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == unary.usage.completion_tokens
+
+
+def test_chat_unary_and_streaming_agree(client, service):
+    from tunesmith.api.inference.v1 import inference_pb2
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0)
+    expected = _grpc_text(service, "tiny", inference_pb2.Prompt(chat=inference_pb2.Conversation(messages=[
+        inference_pb2.ChatMessage(role=inference_pb2.CHAT_ROLE_SYSTEM, content="Be brief."),
+        inference_pb2.ChatMessage(role=inference_pb2.CHAT_ROLE_USER, content="Hi")])), 8)
+    assert r.choices[0].message.role == "assistant" and r.choices[0].message.content == expected.text
+    stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0, stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected.text
+
+
+def test_n_and_seeded_sampling(client):
+    r = client.completions.create(model="tiny", prompt="Pick", max_tokens=6, temperature=1.0, n=3, seed=7)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    again = client.completions.create(model="tiny", prompt="Pick", max_tokens=6, temperature=1.0, n=3, seed=7)
+    assert [c.text for c in again.choices] == [c.text for c in r.choices]
+
+
+def test_stop_strings_cut_the_answer(client):
+    full = client.completions.create(model="tiny", prompt="Stop test", max_tokens=12, temperature=0).choices[0].text
+    assert len(full) > 2
+    stop = full[2]
+    cut = client.completions.create(model="tiny", prompt="Stop test", max_tokens=12, temperature=0, stop=[stop])
+    assert cut.choices[0].text == full[:full.index(stop)] and cut.choices[0].finish_reason == "stop"
+
+
+def test_errors_use_openais_shape_and_status_codes(client):
+    with pytest.raises(openai.NotFoundError) as err:
+        client.completions.create(model="nope", prompt="x", max_tokens=2)
+    assert err.value.status_code == 404 and err.value.body["param"] == "model"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tiny", prompt="x", max_tokens=2, temperature=5)
+    assert err.value.body["param"] == "temperature" and "temperature" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tiny", prompt="x", max_tokens=-3)
+    assert err.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as err:  # not built: refused, never ignored
+        client.completions.create(model="tiny", prompt="x", max_tokens=2, logprobs=2)
+    assert err.value.body["param"] == "logprobs" and err.value.body["code"] == "unsupported_parameter"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny", messages=[{"role": "robot", "content": "x"}], max_tokens=2)
+    assert err.value.body["param"] == "messages[0].role"
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="other:acme", prompt="x", max_tokens=2)
+    # the service keeps serving everyone else
+    assert client.completions.create(model="tiny", prompt="x", max_tokens=2, temperature=0).choices
