@@ -35,7 +35,7 @@ def service(varied_model_dir, tmp_path_factory):
     adapter_dir = tiny_lora_adapter(varied_model_dir, tmp_path_factory.mktemp("lora") / "a")
     uri = runtime.storage.put_artifact("adapter", adapter_dir).uri
     stub.LoadAdapter(inference_pb2.LoadAdapterRequest(name="acme", base="tiny", adapter={"uri": uri}), timeout=60)
-    yield {"stub": stub, "http": f"http://127.0.0.1:{running.http_port}/v1"}
+    yield {"stub": stub, "http": f"http://127.0.0.1:{running.http_port}/v1", "servicer": running.servicer}
     channel.close()
     running.stop(0)
 
@@ -141,3 +141,34 @@ def test_errors_use_openais_shape_and_status_codes(client):
         client.completions.create(model="other:acme", prompt="x", max_tokens=2)
     # the service keeps serving everyone else
     assert client.completions.create(model="tiny", prompt="x", max_tokens=2, temperature=0).choices
+
+
+def test_a_full_queue_is_refused_with_429_and_resource_exhausted_then_recovers(client, service):
+    """Back-pressure: with every request slot taken, new requests are refused at once on both
+    APIs (not queued without bound); once slots free up, the service answers again."""
+    import contextlib
+
+    import grpc
+
+    from tunesmith.api.inference.v1 import inference_pb2
+
+    servicer = service["servicer"]
+    with contextlib.ExitStack() as held:
+        for _ in range(servicer.max_queue - servicer.in_flight):
+            held.enter_context(servicer.admit())
+        with pytest.raises(openai.RateLimitError) as err:
+            client.completions.create(model="tiny", prompt="x", max_tokens=2, temperature=0)
+        assert err.value.status_code == 429 and err.value.body["code"] == "queue_full"
+        with pytest.raises(openai.RateLimitError):
+            list(client.completions.create(model="tiny", prompt="x", max_tokens=2, temperature=0, stream=True))
+        with pytest.raises(grpc.RpcError) as rpc:
+            _grpc_text(service, "tiny", inference_pb2.Prompt(text="x"), 2)
+        assert rpc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert servicer.in_flight == 0
+    unary = client.completions.create(model="tiny", prompt="x", max_tokens=2, temperature=0).choices[0].text
+    assert "".join(c.choices[0].text for c in client.completions.create(
+        model="tiny", prompt="x", max_tokens=2, temperature=0, stream=True) if c.choices) == unary
+    deadline = time.monotonic() + 10  # the server gives the slot back once its body iterator ends
+    while servicer.in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert servicer.in_flight == 0

@@ -23,6 +23,8 @@ def cmd_serve(args) -> int:
     # Staging left by writers killed mid-write (never visible as artifacts); 6 h spares live ones.
     runtime.storage.clean_staging(older_than_seconds=6 * 3600)
     http_port = None if args.service != "inference" or args.no_http else args.http_port
+    if args.service == "inference" and args.max_queue > 0:
+        os.environ["TUNESMITH_INFERENCE_MAX_QUEUE"] = str(args.max_queue)
     running = start_service(args.service, runtime, port=args.port, host=args.host, grace=args.grace,
                             http_port=http_port)
     print(f"{args.service} listening on {args.host}:{running.port}", file=sys.stderr, flush=True)
@@ -127,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--http-port", type=int, default=8000,
                    help="inference only: port of the OpenAI-compatible HTTP API (default 8000)")
     s.add_argument("--no-http", action="store_true", help="inference only: no HTTP API")
+    s.add_argument("--max-queue", type=int, default=0,
+                   help="inference only: generation requests in flight before RESOURCE_EXHAUSTED / HTTP 429 "
+                        "(default 64, or $TUNESMITH_INFERENCE_MAX_QUEUE)")
     s.set_defaults(func=cmd_serve)
 
     u = sub.add_parser("up", help="run all four services on localhost")

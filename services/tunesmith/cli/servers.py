@@ -56,6 +56,7 @@ def start_service(service: str, runtime, *, port: int = 0, host: str = "[::]", g
 
     running = start_server(service, servicer, add, port=port, host=host, grace=grace, on_stop=on_stop)
     running.http_port = http.port if http is not None else None
+    running.servicer = servicer
     return running
 
 

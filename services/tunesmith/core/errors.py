@@ -98,6 +98,13 @@ class Unavailable(TunesmithError):
     code = "unavailable"
 
 
+class ResourceExhausted(TunesmithError):
+    """The service is at capacity (e.g. its request queue is full); retry later (maps to
+    RESOURCE_EXHAUSTED, and to HTTP 429 on the inference service's HTTP API)."""
+
+    code = "resource_exhausted"
+
+
 class PluginError(TunesmithError):
     """A plugin is broken or conflicts with another (raised at start-up)."""
 

@@ -45,6 +45,7 @@ _STATUS_BY_ERROR: list[tuple[type[errors.TunesmithError], grpc.StatusCode]] = [
     (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
 ]
 
@@ -196,6 +197,8 @@ class RunningServer:
     on_stop: Callable[[], None] | None = None
     #: The inference service's HTTP API port, where it serves one (set by start_service).
     http_port: int | None = None
+    #: The servicer object (set by start_service), for in-process callers and tests.
+    servicer: Any = None
 
     @property
     def address(self) -> str:

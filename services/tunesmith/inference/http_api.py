@@ -24,7 +24,7 @@ import uuid
 from typing import Any, Iterator
 
 from tunesmith.api.inference.v1 import inference_pb2
-from tunesmith.core.errors import FailedPrecondition, InvalidArgument, NotFound, TunesmithError
+from tunesmith.core.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, TunesmithError
 
 log = logging.getLogger("tunesmith.inference.http")
 
@@ -60,6 +60,8 @@ def _from_domain(exc: TunesmithError, param_map: dict[str, str] | None = None) -
     if field and param_map:
         field = param_map.get(field.split(".")[-1], field)
     message = exc.message if not field or exc.message.startswith(field) else f"{field}: {exc.message}"
+    if isinstance(exc, ResourceExhausted):
+        return ApiError(429, exc.message, code=exc.code or "queue_full", kind="rate_limit_error")
     if isinstance(exc, NotFound):
         return ApiError(404, message, param=field, code=exc.code or "model_not_found")
     if isinstance(exc, FailedPrecondition):
@@ -213,7 +215,8 @@ class OpenAIApi:
     def complete(self, body: Any, kind: str, model_label: str | None = None) -> dict[str, Any]:
         name, prompts, sampling, loaded, adapter, n, _ = self.prepare(body, kind)
         try:
-            results = loaded.generate(prompts, sampling, adapter=adapter)
+            with self.servicer.admit():
+                results = loaded.generate(prompts, sampling, adapter=adapter)
         except TunesmithError as exc:
             raise _from_domain(exc, _PARAM) from None
         created = int(time.time())
@@ -235,9 +238,15 @@ class OpenAIApi:
     def stream(self, body: Any, kind: str) -> Iterator[str]:
         """SSE lines for one streamed completion (checked before the first line is sent)."""
         _, (prompt,), sampling, loaded, adapter, _, include_usage = self.prepare(body, kind)
+        slot = self.servicer.admit()
+        try:  # the slot is taken before the response starts, so a full queue is a plain 429
+            slot.__enter__()
+        except TunesmithError as exc:
+            raise _from_domain(exc, _PARAM) from None
         try:
             stream = loaded.stream(prompt, sampling, adapter=adapter)
         except TunesmithError as exc:
+            slot.__exit__(None, None, None)
             raise _from_domain(exc, _PARAM) from None
         ident, created, model = _id(kind), int(time.time()), body["model"]
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
@@ -271,7 +280,39 @@ class OpenAIApi:
             finally:
                 stream.close()  # a client that goes away stops its generation
 
-        return lines()
+        return _Releasing(lines(), lambda: slot.__exit__(None, None, None))
+
+
+class _Releasing:
+    """An iterator over `lines` that calls `release` exactly once: when exhausted, closed, or
+    collected (a response the server never started still gives its queue slot back)."""
+
+    def __init__(self, lines: Iterator[str], release):
+        self.lines, self._release, self._done = lines, release, False
+        self._lock = threading.Lock()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self.lines)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        try:
+            self.lines.close()
+        finally:
+            self._release()
+
+    def __del__(self):
+        self.close()
 
 
 def _finish(reason: str) -> str:

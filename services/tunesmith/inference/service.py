@@ -15,8 +15,8 @@ from tunesmith.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from tunesmith.core.checks import check_model
 from tunesmith.core.contracts import Sampling
 from tunesmith.core.dtypes import dtype_enum, dtype_name
-from tunesmith.core.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, TunesmithError,
-                                   Violations)
+from tunesmith.core.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted,
+                                   TunesmithError, Violations)
 from tunesmith.core.unimplemented import refuse_unimplemented
 from tunesmith.core.validation import check_enum, check_float, check_int, check_strings
 from tunesmith.core.records import artifact_ref
@@ -28,6 +28,9 @@ PREFERENCE = ("vllm", "transformers")
 
 
 MAX_PROMPTS = 256
+#: Generation requests (gRPC and HTTP together) in flight before new ones are refused with
+#: RESOURCE_EXHAUSTED / HTTP 429 (back-pressure instead of unbounded memory).
+DEFAULT_MAX_QUEUE = 64
 MIN_REPETITION_PENALTY = 0.01
 MAX_PROMPT_CHARS = 1_000_000
 _ROLES = {inference_pb2.CHAT_ROLE_SYSTEM: "system", inference_pb2.CHAT_ROLE_USER: "user",
@@ -85,9 +88,13 @@ def _check_name(name: str, field: str) -> None:
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, runtime: Runtime, *, default_backend: str = ""):
+    def __init__(self, runtime: Runtime, *, default_backend: str = "", max_queue: int | None = None):
+        import os
+
         self.rt = runtime
         self.default_backend = default_backend
+        self.max_queue = max_queue or int(os.environ.get("TUNESMITH_INFERENCE_MAX_QUEUE") or DEFAULT_MAX_QUEUE)
+        self.in_flight = 0
         self.served: dict[str, tuple[inference_pb2.ServedModel, object]] = {}
         self.lock = threading.Lock()
         # Loads run on background threads (LoadModel returns at once) and one at a time:
@@ -257,6 +264,26 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         with self.lock:
             return inference_pb2.ListServedModelsResponse(models=[self._copy(s) for s, _ in self.served.values()])
 
+    def admit(self):
+        """Context manager holding one of max_queue request slots; ResourceExhausted when none
+        is free (the request is refused before any work, and everyone else keeps being served)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def slot():
+            with self.lock:
+                if self.in_flight >= self.max_queue:
+                    raise ResourceExhausted(f"{self.in_flight} generation requests are in flight, the limit is "
+                                            f"{self.max_queue}; retry later", code="queue_full")
+                self.in_flight += 1
+            try:
+                yield
+            finally:
+                with self.lock:
+                    self.in_flight -= 1
+
+        return slot()
+
     def _target(self, name: str):
         served, loaded = self._get(name)
         return loaded, (name if served.kind == "adapter" else None), served
@@ -274,7 +301,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def Generate(self, request, context):
         prompts, sampling = self._checked(request, stream=False)
         loaded, adapter, served = self._target(request.model)
-        results = loaded.generate(prompts, sampling, adapter=adapter)
+        with self.admit():
+            results = loaded.generate(prompts, sampling, adapter=adapter)
         return inference_pb2.GenerateResponse(
             model=request.model, backend=served.backend,
             completions=[inference_pb2.Completion(text=g.text, prompt_tokens=g.prompt_tokens,
@@ -284,6 +312,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def GenerateStream(self, request, context):
         (prompt,), sampling = self._checked(request, stream=True)
         loaded, adapter, _ = self._target(request.model)
+        with self.admit():
+            yield from self._stream(loaded, prompt, sampling, adapter, context)
+
+    def _stream(self, loaded, prompt, sampling, adapter, context):
         stream = loaded.stream(prompt, sampling, adapter=adapter)
         count = 0
         try:
