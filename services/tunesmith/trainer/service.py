@@ -67,6 +67,11 @@ def _trim_curves(record: trainer_pb2.TrainingJob, step: int) -> None:
         curve.extend(keep)
 
 
+#: How long a restarted service waits at start-up for a previous service's worker to checkpoint
+#: and exit before continuing its job (then it is killed).
+RECOVER_WAIT_SECONDS = 30.0
+
+
 def _wait_for_old_worker(storage, job_id: str, timeout: float = 60.0) -> None:
     """Wait until the job's previous worker (pid in worker.pid) is gone, SIGKILLing its process
     group after `timeout`. A pid now used by another program (its command line does not name the
@@ -266,13 +271,16 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     def _recover(self, record: trainer_pb2.TrainingJob) -> str:
         """At start-up, for a job left unfinished by a previous service: why and how it continues,
-        or "" to fail it. The old worker stops (with a checkpoint) once its parent is gone; the
-        next attempt waits for it to exit before starting."""
+        or "" to fail it. The old worker stops (with a checkpoint) once its parent is gone;
+        recovery waits for it to exit (at most RECOVER_WAIT_SECONDS) before reading its checkpoint."""
         from tunesmith.core.formats.worker import LatestCheckpoint
 
         if record.spec.retry.disabled:
             return ""
         storage = self.rt.storage
+        # The old worker writes its last checkpoint as it stops: wait for it (it notices its
+        # parent is gone within a step), or this would read the checkpoint before it exists.
+        _wait_for_old_worker(storage, record.job.id, timeout=RECOVER_WAIT_SECONDS)
         try:
             latest = LatestCheckpoint.read(storage, record.job.id)
         except Exception:  # noqa: BLE001 - no (readable) checkpoint: start over
