@@ -143,17 +143,25 @@ def test_the_full_report_gate_errors_judge_leaderboard_and_html(cluster, world):
         got = sum(v for k, v in report.error_analysis[label].values.items() if k.startswith("invalid_label"))
         assert got == invalid
 
-    # judging with the "shorter" rule: the ratings follow the pairwise wins the rule implies
-    wins = {label: 0 for label in labels}
-    for r in rows[: len(rows)]:
+    # judging with the "shorter" rule: each model's points (win 1, tie 1/2: the shorter non-empty
+    # answer wins, an empty one loses to a non-empty one) order the ratings, as Bradley-Terry does
+    # in a round robin
+    def verdict(x: str, y: str) -> float:
+        x, y = x.strip(), y.strip()
+        if bool(x) != bool(y):
+            return 1.0 if x else 0.0
+        return 0.5 if len(x) == len(y) else float(len(x) < len(y))
+
+    points = {label: 0.0 for label in labels}
+    for r in rows:
         for a, b in itertools.combinations(labels, 2):
-            la, lb = (len(r["outputs"][x]) for x in (a, b))
-            if r["outputs"][a] and r["outputs"][b] and la != lb:
-                wins[a if la < lb else b] += 1
-    by_rating = [e.label for e in sorted(report.elo, key=lambda e: -e.rating)]
-    by_wins = sorted(labels, key=lambda x: -wins[x])
-    if len(set(wins.values())) == len(labels):  # a strict order exists
-        assert by_rating == by_wins
+            v = verdict(r["outputs"][a], r["outputs"][b])
+            points[a] += v
+            points[b] += 1 - v
+    rating = {e.label: e.rating for e in report.elo}
+    for a, b in itertools.permutations(labels, 2):
+        if points[a] > points[b]:
+            assert rating[a] > rating[b], (points, rating)
     assert all(e.ci_low <= e.rating <= e.ci_high for e in report.elo)
     assert report.judged_pairs == 3 * len(rows)
 

@@ -99,6 +99,8 @@ def _check_judge(v: Violations, spec) -> None:
     check_int(v, j.max_new_tokens, "spec.judge.max_new_tokens", 0, 1024, zero_means=str(DEFAULT_JUDGE_TOKENS))
     v.check(not (j.rule and j.max_new_tokens), "spec.judge.max_new_tokens", "applies to model judges only")
     check_strings(v, [j.rubric], "spec.judge.rubric", max_items=1, max_length=4000, allow_empty=True)
+    v.check(not (j.rule and j.rubric), "spec.judge.rubric", "applies to model judges only (a rule plugin has no prompt)")
+    v.check(not (j.rule and j.template), "spec.judge.template", "applies to model judges only")
     v.check(not j.leaderboard or bool(_BOARD.match(j.leaderboard)), "spec.judge.leaderboard",
             "1-64 characters of letters, digits, '.', '_', '-'")
 
@@ -169,6 +171,8 @@ def accept_evaluation_request(request: evaluator_pb2.CreateEvaluationRequest, ru
                 "is required: 1-64 characters of letters, digits, '.', '_', '-' (e.g. base, tuned)")
         v.check(bool(m.model), f"spec.models[{i}].model", "is required: a model-store name or a model artifact URI")
         v.check(m.label not in labels, f"spec.models[{i}].label", f"label {m.label!r} is used twice; labels must be unique")
+        v.check(not m.training_job_id or spec.html_report, f"spec.models[{i}].training_job_id",
+                "is read only for the HTML report's loss curve: set html_report too")
         v.check(not m.adapter.kind or m.adapter.kind == "adapter", f"spec.models[{i}].adapter.kind",
                 f"must be 'adapter' (or unset), got {m.adapter.kind!r}")
         labels.append(m.label)
