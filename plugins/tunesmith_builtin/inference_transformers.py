@@ -613,6 +613,10 @@ class TransformersModel:
         except Exception:
             pass
 
+    def adapter_unsupported(self, config: dict) -> str:
+        """"": peft serves every adapter type it can load (LoRA, DoRA, IA3, prefix and prompt tuning)."""
+        return ""
+
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "device": self.device, "dtype": self.dtype,
                 "max_model_len": self.max_model_len, "max_batch_size": self.max_batch_size,
@@ -633,7 +637,9 @@ class TransformersBackend:
         return True, "torch and transformers are installed"
 
     def load(self, model_path: str, *, dtype: str = "", max_model_len: int = 0,
-             enable_adapters: bool = False) -> TransformersModel:
+             enable_adapters: bool = False, adapter_limits: Any = None) -> TransformersModel:
+        """adapter_limits: not needed here (peft holds any number of adapters of any rank; the
+        inference service enforces the limits)."""
         return TransformersModel(model_path, dtype=dtype, max_model_len=max_model_len,
                                  enable_adapters=enable_adapters, max_batch_size=self.max_batch_size)
 

@@ -37,7 +37,7 @@ import threading
 import uuid
 from typing import Any, Iterator, Sequence
 
-from tunesmith.core.contracts import Generation, LogLikelihood, PromptInput, Sampling
+from tunesmith.core.contracts import AdapterLimits, Generation, LogLikelihood, PromptInput, Sampling
 from tunesmith.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from tunesmith.core.plugins import hookimpl
 from tunesmith_builtin.inference_transformers import (
@@ -58,6 +58,29 @@ CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_USE_AOT_COMPILE": "0"}
 ENV_DEFAULTS = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 _FINISH = {"stop": "stop", "length": "length", "abort": "cancelled"}
 _END = object()
+#: The max_lora_rank values vLLM's engine accepts (vllm.config.lora.MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def engine_lora_rank(max_rank: int) -> int:
+    """The smallest rank vLLM accepts as max_lora_rank that is >= max_rank (InvalidArgument
+    above 512)."""
+    for rank in VLLM_LORA_RANKS:
+        if rank >= max_rank:
+            return rank
+    raise InvalidArgument(f"vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}, not {max_rank}",
+                          field="adapter_limits.max_rank")
+
+
+def adapter_unsupported(config: dict) -> str:
+    """Why vLLM cannot serve an adapter with this adapter_config.json ("" when it can): vLLM
+    serves plain LoRA only."""
+    peft_type = str(config.get("peft_type") or "").upper()
+    if peft_type != "LORA":
+        return f"vLLM serves LoRA adapters only, and this is a {peft_type or 'non-LoRA'} adapter"
+    if config.get("use_dora"):
+        return "vLLM does not serve DoRA adapters (vLLM issue 10849)"
+    return ""
 
 
 def _vllm_dist() -> tuple[str, str] | None:
@@ -96,7 +119,7 @@ class VllmModel:
     backend = "vllm"
 
     def __init__(self, model_path: str, *, dtype: str = "", max_model_len: int = 0,
-                 enable_adapters: bool = False, max_loras: int = 4, max_lora_rank: int = 64,
+                 enable_adapters: bool = False, max_loras: int = 8, max_lora_rank: int = 64,
                  max_num_seqs: int = 64, enforce_eager: bool | None = None):
         if not os.path.isdir(model_path):
             raise NotFound(f"model folder {model_path!r} does not exist", field="model_path")
@@ -133,7 +156,7 @@ class VllmModel:
             max_num_seqs=max_num_seqs,
             enable_lora=enable_adapters,
             max_loras=max_loras,
-            max_lora_rank=max_lora_rank,
+            max_lora_rank=engine_lora_rank(max_lora_rank),
             disable_log_stats=True,
             enable_log_requests=False,
             seed=0,
@@ -412,14 +435,27 @@ class VllmModel:
         return results
 
     # -- adapters --------------------------------------------------------------------------------
+    def adapter_unsupported(self, config: dict) -> str:
+        return adapter_unsupported(config)
+
     def load_adapter(self, name: str, adapter_dir: str) -> None:
-        """Load a peft LoRA folder under `name` (a second load of a name replaces it)."""
+        """Load a peft LoRA folder under `name` (a second load of a name replaces it). Adapters
+        vLLM cannot serve (adapter_unsupported) are refused with FailedPrecondition, code
+        adapter_unsupported_by_backend."""
         if not self.enable_adapters:
             raise FailedPrecondition("this model was loaded without enable_adapters; reload it with adapters enabled")
         if not name:
             raise InvalidArgument("an adapter needs a name", field="adapter")
         if not os.path.isfile(os.path.join(adapter_dir, "adapter_config.json")):
             raise NotFound(f"no adapter_config.json in {adapter_dir!r}", field="adapter_dir")
+        try:
+            with open(os.path.join(adapter_dir, "adapter_config.json"), encoding="utf-8") as f:
+                reason = adapter_unsupported(json.load(f))
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument(f"cannot read adapter_config.json in {adapter_dir!r}: {exc}",
+                                  field="adapter_dir") from None
+        if reason:
+            raise FailedPrecondition(reason, field="adapter_dir", code="adapter_unsupported_by_backend")
         self._check_open()
         from vllm.lora.request import LoRARequest
 
@@ -485,13 +521,10 @@ class VllmModel:
 class VllmBackend:
     name = "vllm"
 
-    def __init__(self, max_loras: int = 4, max_lora_rank: int = 64, max_num_seqs: int = 64,
-                 enforce_eager: bool | None = None):
-        """max_loras: adapters in one batch; max_lora_rank: largest adapter rank (1, 8, 16, 32, 64,
-        128, ...); max_num_seqs: requests decoded together; enforce_eager: True skips torch.compile
-        (CPU: start ~28 s instead of ~45 s, about 10% fewer tok/s), None leaves vLLM's default."""
-        self.max_loras = max_loras
-        self.max_lora_rank = max_lora_rank
+    def __init__(self, max_num_seqs: int = 64, enforce_eager: bool | None = None):
+        """max_num_seqs: requests decoded together; enforce_eager: True skips torch.compile
+        (CPU: start ~28 s instead of ~45 s, about 10% fewer tok/s), None leaves vLLM's default.
+        Adapter limits come with each load (AdapterLimits: max_loras and max_lora_rank)."""
         self.max_num_seqs = max_num_seqs
         self.enforce_eager = enforce_eager
 
@@ -502,9 +535,10 @@ class VllmBackend:
         return True, f"{dist[0]} {dist[1]}" if dist else "vllm is importable"
 
     def load(self, model_path: str, *, dtype: str = "", max_model_len: int = 0,
-             enable_adapters: bool = False) -> VllmModel:
+             enable_adapters: bool = False, adapter_limits: AdapterLimits | None = None) -> VllmModel:
+        limits = adapter_limits or AdapterLimits()
         return VllmModel(model_path, dtype=dtype, max_model_len=max_model_len, enable_adapters=enable_adapters,
-                         max_loras=self.max_loras, max_lora_rank=self.max_lora_rank,
+                         max_loras=limits.max_adapters, max_lora_rank=limits.max_rank,
                          max_num_seqs=self.max_num_seqs, enforce_eager=self.enforce_eager)
 
 

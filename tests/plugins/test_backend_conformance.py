@@ -17,9 +17,11 @@ from tunesmith_builtin.inference_vllm import VllmBackend, VllmModel
 
 
 def _unstarted(cls):
-    """An instance without __init__ (no model, no engine); dtype is set there, so set it."""
+    """An instance without __init__ (no model, no engine); dtype and max_model_len are set
+    there, so set them."""
     model = object.__new__(cls)
     model.dtype = "float32"
+    model.max_model_len = 2048
     return model
 
 
@@ -32,7 +34,7 @@ def test_backends_and_their_models_conform():
 
 
 def test_a_model_without_dtype_would_not_conform():
-    assert conformance_errors(object.__new__(VllmModel), LoadedModel) == ["lacks dtype"]
+    assert conformance_errors(object.__new__(VllmModel), LoadedModel) == ["lacks dtype, max_model_len"]
 
 
 def test_text_stream_is_a_generation_stream():

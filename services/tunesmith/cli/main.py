@@ -31,15 +31,42 @@ def cmd_serve(args) -> int:
     if running.http_port is not None:
         print(f"{args.service} OpenAI-compatible HTTP API on port {running.http_port} (/v1)", file=sys.stderr,
               flush=True)
+    if args.service == "inference" and args.load:
+        try:
+            load_at_start(running.servicer, args.load, backend=args.load_backend, enable_adapters=args.enable_adapters)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            running.stop(0)
+            return 2
     serve_forever(running)
     return 0
+
+
+def load_at_start(servicer, specs: list[str], *, backend: str = "", enable_adapters: bool = False) -> None:
+    """Start loading each NAME=MODEL of `specs` (LoadModel returns at once; GET /ready/NAME on
+    the HTTP API says when it is READY). ValueError naming the spec for a bad one."""
+    from tunesmith.api.inference.v1 import inference_pb2
+    from tunesmith.core.errors import TunesmithError
+
+    for spec in specs:
+        name, sep, model = spec.partition("=")
+        if not sep or not name or not model:
+            raise ValueError(f"--load {spec!r}: expected NAME=MODEL (a model-store name or a model artifact URI)")
+        try:
+            servicer.LoadModel(inference_pb2.LoadModelRequest(name=name, model=model, backend=backend,
+                                                              enable_adapters=enable_adapters), None)
+        except TunesmithError as exc:
+            raise ValueError(f"--load {spec!r}: {exc.field + ': ' if exc.field else ''}{exc.message}") from None
+        print(f"inference loading {model} as {name!r} (GET /ready/{name} says when it is READY)", file=sys.stderr,
+              flush=True)
 
 
 def cmd_up(args) -> int:
     from tunesmith.cli.servers import LocalCluster
 
     ports = {s: args.base_port + i for i, s in enumerate(SERVICE_NAMES)} if args.base_port else None
-    cluster = LocalCluster(ports=ports, storage=args.storage).start()
+    cluster = LocalCluster(ports=ports, storage=args.storage, load=args.load, load_backend=args.load_backend,
+                           enable_adapters=args.enable_adapters).start()
     for service, address in cluster.addresses.items():
         print(f"{service:<10} {address}   ({SERVICE_NAMES[service]})", flush=True)
     print(f"{'http':<10} http://localhost:{cluster.http_port}/v1   (OpenAI-compatible API of the inference service)",
@@ -116,6 +143,16 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
+def _load_arguments(parser: argparse.ArgumentParser, prefix: str) -> None:
+    parser.add_argument("--load", action="append", default=[], metavar="NAME=MODEL",
+                        help=prefix + "serve MODEL (model-store name or artifact URI) as NAME from the start; "
+                                      "repeatable")
+    parser.add_argument("--load-backend", default="", choices=["", "vllm", "transformers"],
+                        help=prefix + "backend for --load (default: the best available)")
+    parser.add_argument("--enable-adapters", action="store_true",
+                        help=prefix + "load --load models with adapters enabled (LoadAdapter on top)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune, evaluate and serve LLMs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -132,11 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queue", type=int, default=0,
                    help="inference only: generation requests in flight before RESOURCE_EXHAUSTED / HTTP 429 "
                         "(default 64, or $TUNESMITH_INFERENCE_MAX_QUEUE)")
+    _load_arguments(s, "inference only: ")
     s.set_defaults(func=cmd_serve)
 
     u = sub.add_parser("up", help="run all four services on localhost")
     u.add_argument("--storage", default=None)
     u.add_argument("--base-port", type=int, default=0, help="ports base..base+3 (default 50051-50054)")
+    _load_arguments(u, "")
     u.set_defaults(func=cmd_up)
 
     st = sub.add_parser("status", help="show each service's status and plugins")

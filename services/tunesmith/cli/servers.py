@@ -83,9 +83,15 @@ class LocalCluster:
     """The four services as child processes on localhost (the embedded default)."""
 
     def __init__(self, *, ports: dict[str, int] | None = None, storage: str | None = None, log_dir: str | None = None,
-                 http_port: int | None = None):
+                 http_port: int | None = None, load: list[str] | None = None, load_backend: str = "",
+                 enable_adapters: bool = False):
         """http_port: the inference service's OpenAI-compatible HTTP API (default 8000 with the
-        default ports, else the inference port + 1000)."""
+        default ports, else the inference port + 1000). load: NAME=MODEL specs the inference
+        service starts loading at once (`tunesmith serve inference --load`), with load_backend
+        and enable_adapters."""
+        self.load = list(load or [])
+        self.load_args = (["--load-backend", load_backend] if load_backend else []) + (
+            ["--enable-adapters"] if enable_adapters else [])
         from tunesmith.inference.http_api import DEFAULT_HTTP_PORT
 
         self.ports = dict(ports or DEFAULT_PORTS)
@@ -111,7 +117,8 @@ class LocalCluster:
             if self.log_dir:
                 self._logs.append(out)
             # The embedded default listens on loopback only: there is no authentication yet.
-            http = ["--http-port", str(self.http_port)] if service == "inference" else []
+            http = ["--http-port", str(self.http_port), *(a for spec in self.load for a in ("--load", spec)),
+                    *self.load_args] if service == "inference" else []
             self.procs[service] = subprocess.Popen(
                 [sys.executable, "-m", "tunesmith.cli.main", "serve", service, "--port", str(port),
                  "--host", "127.0.0.1", *http],

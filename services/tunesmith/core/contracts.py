@@ -389,6 +389,15 @@ class Generation:
 #: Every finish_reason a Generation may carry.
 FINISH_REASONS = frozenset({"stop", "length", "cancelled"})
 
+
+@dataclass(frozen=True)
+class AdapterLimits:
+    """How many adapters a served model takes at once and their largest LoRA rank (the
+    inference service enforces both; vLLM also sizes its engine by them)."""
+
+    max_adapters: int = 8
+    max_rank: int = 64
+
 # A prompt is either raw completion text or a chat: a list of {"role", "content"} dicts.
 PromptInput = str | list[dict[str, str]]
 
@@ -428,6 +437,8 @@ class LoadedModel(Protocol):
 
     backend: str
     dtype: str
+    #: Context length in tokens, prompt and completion together.
+    max_model_len: int
 
     def generate(self, prompts: Sequence[PromptInput], sampling: Sampling, *,
                  adapter: str | None = None) -> list[Generation]:
@@ -453,6 +464,10 @@ class LoadedModel(Protocol):
     def unload_adapter(self, name: str) -> None:
         """Drop adapter `name`; NotFound when none by that name is loaded."""
 
+    def adapter_unsupported(self, config: dict) -> str:
+        """Why this engine cannot serve an adapter with this adapter_config.json ("" when it can),
+        e.g. "vLLM serves LoRA adapters only, not DoRA". Cheap: reads the config only."""
+
     def close(self) -> None:
         """Free the model's memory. Harmless when repeated."""
 
@@ -472,9 +487,10 @@ class InferenceBackend(Protocol):
         avoidable."""
 
     def load(self, model_path: str, *, dtype: str = "", max_model_len: int = 0,
-             enable_adapters: bool = False) -> LoadedModel:
+             enable_adapters: bool = False, adapter_limits: AdapterLimits | None = None) -> LoadedModel:
         """Load the Hugging Face model folder `model_path`. dtype "" is the backend's default;
-        max_model_len 0 is the model's own limit; enable_adapters allows load_adapter()."""
+        max_model_len 0 is the model's own limit; enable_adapters allows load_adapter();
+        adapter_limits (None: AdapterLimits()) sizes the engine for adapters where it needs to."""
 
 
 # --- Training executors -------------------------------------------------------------------

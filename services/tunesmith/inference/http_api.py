@@ -190,6 +190,18 @@ class OpenAIApi:
                          "root": s.base or s.name, "parent": s.base or None})
         return {"object": "list", "data": data}
 
+    def states(self) -> dict[str, str]:
+        """Served name -> "LOADING" | "READY" | "FAILED" (models and adapters)."""
+        with self.servicer.lock:
+            items = [s for s, _ in self.servicer.served.values()]
+        return {s.name: inference_pb2.ServedModelState.Name(s.state).removeprefix("SERVED_MODEL_STATE_")
+                for s in items}
+
+    def error(self, name: str) -> str:
+        with self.servicer.lock:
+            entry = self.servicer.served.get(name)
+        return entry[0].error.message if entry is not None else ""
+
     def prepare(self, body: Any, kind: str):
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
@@ -205,8 +217,8 @@ class OpenAIApi:
         request = inference_pb2.GenerateRequest(model=name, prompts=[p for p in prompts for _ in range(n)],
                                                 sampling=sampling_params(body, kind))
         try:
-            prompts_in, sampling = self.servicer._checked(request, stream=stream)
-            loaded, adapter, served = self.servicer._target(name)
+            prompts_in, sampling = self.servicer.checked_request(request, stream=stream)
+            loaded, adapter, served = self.servicer.target(name, sampling)
         except TunesmithError as exc:
             raise _from_domain(exc, _PARAM) from None
         include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
@@ -381,7 +393,29 @@ def build_app(servicer):
 
     @app.get("/health")
     async def health():
+        """Liveness: the process serves HTTP (models may still be loading)."""
         return {"status": "SERVING"}
+
+    @app.get("/ready")
+    async def ready_all():
+        """Readiness of the whole service: 200 when every served model is READY (none loading or
+        failed), else 503 with each model's state."""
+        states = api.states()
+        ok = all(state == "READY" for state in states.values())
+        return JSONResponse({"ready": ok, "models": states}, status_code=200 if ok else 503)
+
+    @app.get("/ready/{name:path}")
+    async def ready_one(name: str):
+        """Readiness of one served model (a Kubernetes readinessProbe path): 200 when READY, 503
+        while LOADING or when FAILED (with the error), 404 when nothing is served by that name."""
+        states = api.states()
+        if name not in states:
+            raise ApiError(404, f"no served model named {name!r}", param="name", code="model_not_found")
+        body = {"name": name, "state": states[name], "ready": states[name] == "READY"}
+        error = api.error(name)
+        if error:
+            body["error"] = error
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
     return app
 

@@ -13,12 +13,13 @@ import threading
 from tunesmith.api.common.v1 import common_pb2
 from tunesmith.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from tunesmith.core.checks import check_model
-from tunesmith.core.contracts import Sampling
+from tunesmith.core.contracts import AdapterLimits, Sampling
 from tunesmith.core.dtypes import dtype_enum, dtype_name
 from tunesmith.core.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted,
                                    TunesmithError, Violations)
 from tunesmith.core.unimplemented import refuse_unimplemented
 from tunesmith.core.validation import check_enum, check_float, check_int, check_strings
+from tunesmith.inference.adapters import adapter_kind, check_adapter_on_base, read_adapter_config
 from tunesmith.core.records import artifact_ref
 from tunesmith.core.runtime import Runtime
 from tunesmith.core.status import service_status
@@ -33,6 +34,11 @@ MAX_PROMPTS = 256
 DEFAULT_MAX_QUEUE = 64
 MIN_REPETITION_PENALTY = 0.01
 MAX_PROMPT_CHARS = 1_000_000
+#: LoadModel adapter_limits: defaults (AdapterLimits()) and the largest values accepted.
+MAX_ADAPTERS_LIMIT = 64
+MAX_ADAPTER_RANK_LIMIT = 512
+#: The suffix of the hidden transformers copy of a base that serves fallback adapters.
+FALLBACK_SUFFIX = "@transformers"
 _ROLES = {inference_pb2.CHAT_ROLE_SYSTEM: "system", inference_pb2.CHAT_ROLE_USER: "user",
           inference_pb2.CHAT_ROLE_ASSISTANT: "assistant", inference_pb2.CHAT_ROLE_TOOL: "tool"}
 _FINISH = {"stop": inference_pb2.FINISH_REASON_STOP, "length": inference_pb2.FINISH_REASON_LENGTH,
@@ -96,6 +102,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self.max_queue = max_queue or int(os.environ.get("TUNESMITH_INFERENCE_MAX_QUEUE") or DEFAULT_MAX_QUEUE)
         self.in_flight = 0
         self.served: dict[str, tuple[inference_pb2.ServedModel, object]] = {}
+        #: "<base>@transformers" -> the transformers copy serving that base's fallback adapters.
+        self.fallbacks: dict[str, object] = {}
         self.lock = threading.Lock()
         # Loads run on background threads (LoadModel returns at once) and one at a time:
         # concurrent from_pretrained calls share transformers' global init state and break.
@@ -155,12 +163,22 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         v.check(bool(request.model), "model", "is required: a model-store name or a model artifact URI")
         check_enum(v, common_pb2.Dtype, request.dtype, "dtype")
         check_int(v, request.max_model_len, "max_model_len", 0, 1 << 20)
+        limits = request.adapter_limits
+        check_int(v, limits.max_adapters, "adapter_limits.max_adapters", 0, MAX_ADAPTERS_LIMIT,
+                  zero_means=str(AdapterLimits.max_adapters))
+        check_int(v, limits.max_rank, "adapter_limits.max_rank", 0, MAX_ADAPTER_RANK_LIMIT,
+                  zero_means=str(AdapterLimits.max_rank))
+        if request.HasField("adapter_limits") and not request.enable_adapters:
+            v.add("adapter_limits", "limits adapters, so it needs enable_adapters")
         v.raise_if_any()
         check_model(self.rt.models, request.model, "model")
         backend, reason = self.choose_backend(request.backend or self.default_backend)
         served = inference_pb2.ServedModel(name=request.name, kind="model", backend=backend.name,
-                                           backend_reason=reason, dtype=request.dtype,
+                                           backend_reason=reason, dtype=request.dtype, model=request.model,
                                            state=inference_pb2.SERVED_MODEL_STATE_LOADING)
+        if request.enable_adapters:
+            served.adapter_limits.max_adapters = limits.max_adapters or AdapterLimits.max_adapters
+            served.adapter_limits.max_rank = limits.max_rank or AdapterLimits.max_rank
         with self.lock:
             if request.name in self.served:
                 raise AlreadyExists(f"something is already served as {request.name!r}; unload it first", field="name")
@@ -176,7 +194,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             path = self.rt.storage.resolve(entry.artifact.uri)
             with self.load_lock:  # one load at a time: transformers' from_pretrained is not thread-safe
                 loaded = backend.load(str(path), dtype=dtype_name(request.dtype, ""),
-                                      max_model_len=request.max_model_len, enable_adapters=request.enable_adapters)
+                                      max_model_len=request.max_model_len, enable_adapters=request.enable_adapters,
+                                      adapter_limits=AdapterLimits(served.adapter_limits.max_adapters,
+                                                                   served.adapter_limits.max_rank)
+                                      if request.enable_adapters else None)
         except Exception as exc:  # noqa: BLE001 - a failed load fails the served model, not the service
             known = isinstance(exc, TunesmithError)
             if not known:
@@ -221,11 +242,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 raise FailedPrecondition(f"adapters {adapters} are served on {request.name!r}; unload them first",
                                          field="name")
             self.served.pop(request.name, None)
-        if loaded is not None:  # None: it failed to load
-            loaded.close()
+            fallback = self.fallbacks.pop(request.name + FALLBACK_SUFFIX, None)
+        for model in (loaded, fallback):
+            if model is not None:  # None: it failed to load, or has no fallback copy
+                model.close()
         return inference_pb2.UnloadModelResponse()
 
     def LoadAdapter(self, request, context):
+        """Checks, in order: the name, the artifact, the base (served, READY, a model), the
+        adapter was trained on that base, the base's adapter limits (count, rank), and that the
+        base's engine serves the adapter's PEFT method (else a transformers fallback when
+        allow_fallback). Then loads it: READY on return."""
         _check_name(request.name, "name")
         if not request.adapter.uri:
             raise InvalidArgument("is required: the adapter artifact (artifact://adapter/...)", field="adapter.uri")
@@ -239,17 +266,82 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             adapter_dir = self.rt.storage.resolve(request.adapter.uri)
         except (InvalidArgument, NotFound) as exc:
             raise type(exc)(exc.message, field="adapter.uri") from None
+        config = read_adapter_config(adapter_dir, request.adapter.uri)
+        check_adapter_on_base(self.rt.models, adapter_dir, request.adapter.uri, base_served)
+        peft_type, rank = adapter_kind(config)
+        self._check_adapter_limits(base_served, request, rank)
+        backend_name, reason = base_served.backend, ""
+        unsupported = loaded.adapter_unsupported(config)
+        if not unsupported and base_served.backend == "transformers":
+            self._check_one_peft_type(request.base, peft_type)
+        if unsupported:
+            if not request.allow_fallback:
+                raise FailedPrecondition(
+                    f"{base_served.backend} cannot serve this adapter: {unsupported}; set allow_fallback to serve it "
+                    f"on a transformers copy of {request.base!r}", field="adapter.uri",
+                    code="adapter_unsupported_by_backend")
+            loaded = self._fallback_copy(base_served)
+            backend_name = "transformers"
+            reason = f"{unsupported}: served on a transformers copy of {request.base!r} (allow_fallback)"
         try:
             with self.load_lock:
                 loaded.load_adapter(request.name, str(adapter_dir))
-        except (InvalidArgument, NotFound) as exc:  # the backend names its own argument (adapter_dir)
+        except (InvalidArgument, NotFound, FailedPrecondition) as exc:  # the backend names its own argument
             raise type(exc)(exc.message, field="adapter.uri", code=exc.code) from None
         served = inference_pb2.ServedModel(name=request.name, kind="adapter", base=request.base,
-                                           backend=base_served.backend, artifact=request.adapter,
+                                           backend=backend_name, backend_reason=reason, artifact=request.adapter,
+                                           peft_type=peft_type, rank=rank,
                                            state=inference_pb2.SERVED_MODEL_STATE_READY)
         with self.lock:
             self.served[request.name] = (served, loaded)
         return served
+
+    def _check_adapter_limits(self, base_served, request, rank: int) -> None:
+        limits = base_served.adapter_limits
+        if not base_served.HasField("adapter_limits"):
+            raise FailedPrecondition(f"{request.base!r} was loaded without enable_adapters; reload it with "
+                                     "enable_adapters to serve adapters on it", field="base")
+        if rank > limits.max_rank:
+            raise InvalidArgument(f"the adapter's rank is {rank}, above {request.base!r}'s limit of {limits.max_rank} "
+                                  "(LoadModel adapter_limits.max_rank)", field="adapter.uri", code="adapter_rank_too_large")
+        with self.lock:
+            count = sum(1 for s, _ in self.served.values() if s.kind == "adapter" and s.base == request.base)
+        if count >= limits.max_adapters:
+            raise ResourceExhausted(f"{request.base!r} already serves {count} adapters, its limit "
+                                    "(LoadModel adapter_limits.max_adapters); unload one first", field="base",
+                                    code="adapter_limit")
+
+    def _check_one_peft_type(self, base: str, peft_type: str) -> None:
+        """peft holds adapters of one PEFT type per model ("Cannot combine adapters with different
+        peft types"): FailedPrecondition naming the ones in the way."""
+        family = peft_type.split("+")[0]
+        with self.lock:
+            others = sorted((s.name, s.peft_type) for s, _ in self.served.values()
+                            if s.kind == "adapter" and s.base == base and not s.backend_reason
+                            and s.peft_type.split("+")[0] != family)
+        if others:
+            raise FailedPrecondition(
+                f"peft serves adapters of one PEFT type per model: {base!r} has "
+                + ", ".join(f"{n} ({t})" for n, t in others)
+                + f" loaded, and this adapter is {peft_type}; unload those, or serve it on another copy of the base",
+                field="adapter.uri", code="adapter_type_conflict")
+
+    def _fallback_copy(self, base_served):
+        """The transformers copy of a served base that fallback adapters run on (loaded once, on
+        first use; dropped with the base)."""
+        key = base_served.name + FALLBACK_SUFFIX
+        with self.lock:
+            copy = self.fallbacks.get(key)
+        if copy is not None:
+            return copy
+        backend, _ = self.choose_backend("transformers")
+        path = self.rt.storage.resolve(base_served.artifact.uri)
+        with self.load_lock:
+            copy = backend.load(str(path), dtype=dtype_name(base_served.dtype, ""), enable_adapters=True)
+        with self.lock:
+            self.fallbacks[key] = copy
+        log.info("loaded a transformers copy for fallback adapters", extra={"model_name": base_served.name})
+        return copy
 
     def UnloadAdapter(self, request, context):
         served, loaded = self._get(request.name, "name")
@@ -284,12 +376,22 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
         return slot()
 
-    def _target(self, name: str):
+    def target(self, name: str, sampling: Sampling | None = None):
+        """(loaded model, adapter name or None, ServedModel) that a request for `name` runs on;
+        NotFound / FailedPrecondition naming `model`. With `sampling`, InvalidArgument when its
+        max_new_tokens leaves no room for a prompt in the model's context (field
+        sampling.max_new_tokens; a prompt that then does not fit cuts the completion short)."""
         served, loaded = self._get(name)
+        limit = getattr(loaded, "max_model_len", 0)
+        if sampling is not None and limit and sampling.max_new_tokens >= limit:
+            raise InvalidArgument(f"is {sampling.max_new_tokens}, but {name!r} has a context of {limit} tokens, "
+                                  "prompt and completion together", field="sampling.max_new_tokens",
+                                  code="context_length_exceeded")
         return loaded, (name if served.kind == "adapter" else None), served
 
-    def _checked(self, request, *, stream: bool):
-        """(prompts, sampling) of a Generate request, every field checked before any work."""
+    def checked_request(self, request, *, stream: bool):
+        """(prompts, sampling) of a Generate request, every field checked before any work (the
+        HTTP API calls this too, so both APIs refuse the same things)."""
         refuse_unimplemented(request)
         if stream and len(request.prompts) != 1:
             raise InvalidArgument("GenerateStream takes exactly one prompt", field="prompts")
@@ -299,8 +401,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return prompts, sampling_from(request.sampling)
 
     def Generate(self, request, context):
-        prompts, sampling = self._checked(request, stream=False)
-        loaded, adapter, served = self._target(request.model)
+        prompts, sampling = self.checked_request(request, stream=False)
+        loaded, adapter, served = self.target(request.model, sampling)
         with self.admit():
             results = loaded.generate(prompts, sampling, adapter=adapter)
         return inference_pb2.GenerateResponse(
@@ -310,8 +412,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                                                   finish_reason=finish_reason(g.finish_reason)) for g in results])
 
     def GenerateStream(self, request, context):
-        (prompt,), sampling = self._checked(request, stream=True)
-        loaded, adapter, _ = self._target(request.model)
+        (prompt,), sampling = self.checked_request(request, stream=True)
+        loaded, adapter, _ = self.target(request.model, sampling)
         with self.admit():
             yield from self._stream(loaded, prompt, sampling, adapter, context)
 
@@ -334,8 +436,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     def close(self) -> None:
         with self.lock:
-            items = list(self.served.values())
+            items = list(self.served.values()) + [(None, m) for m in self.fallbacks.values()]
             self.served.clear()
+            self.fallbacks.clear()
         for _, loaded in items:
             if loaded is None:
                 continue

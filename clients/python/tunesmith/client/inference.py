@@ -192,6 +192,8 @@ class InferenceClient(BaseClient):
         dtype: str | int = "",
         enable_adapters: bool = False,
         max_model_len: int = 0,
+        max_adapters: int = 0,
+        max_adapter_rank: int = 0,
         wait: bool = True,
         timeout: float | None = LONG_TIMEOUT,
     ) -> inference_pb2.ServedModel:
@@ -199,7 +201,9 @@ class InferenceClient(BaseClient):
         "vllm", "transformers" or "" for the best available; `enable_adapters` allows LoRA
         adapters on top. The service returns at once in LOADING; with `wait` (the default) this
         polls until READY and raises FailedPreconditionError if loading FAILED (DeadlineExceeded
-        after `timeout` s). With wait=False it returns the LOADING model: poll get_model()."""
+        after `timeout` s). With wait=False it returns the LOADING model: poll get_model().
+        max_adapters / max_adapter_rank (0: the service's defaults, 8 and 64) limit the adapters
+        put on it; setting either needs enable_adapters."""
         request = inference_pb2.LoadModelRequest(
             name=name,
             model=model,
@@ -208,6 +212,9 @@ class InferenceClient(BaseClient):
             enable_adapters=enable_adapters,
             max_model_len=max_model_len,
         )
+        if max_adapters or max_adapter_rank:
+            request.adapter_limits.max_adapters = max_adapters
+            request.adapter_limits.max_rank = max_adapter_rank
         served = self._stub.LoadModel(request, timeout=self._deadline(None))
         if not wait:
             return served
@@ -240,12 +247,15 @@ class InferenceClient(BaseClient):
         base: str,
         adapter: common_pb2.ArtifactRef | str,
         *,
+        allow_fallback: bool = False,
         timeout: float | None = LONG_TIMEOUT,
     ) -> inference_pb2.ServedModel:
         """Serve an adapter (an ArtifactRef, or its URI) on top of the served model `base`,
-        under `name`."""
+        under `name`. allow_fallback: an adapter the base's engine cannot serve (DoRA, IA3,
+        prefix or prompt tuning on vLLM) is served on a transformers copy of the base instead of
+        being refused."""
         ref = adapter if isinstance(adapter, common_pb2.ArtifactRef) else common_pb2.ArtifactRef(uri=adapter)
-        request = inference_pb2.LoadAdapterRequest(name=name, base=base, adapter=ref)
+        request = inference_pb2.LoadAdapterRequest(name=name, base=base, adapter=ref, allow_fallback=allow_fallback)
         return self._stub.LoadAdapter(request, timeout=timeout)
 
     @translate_errors

@@ -130,7 +130,7 @@ class GenerateChunk(_message.Message):
     def __init__(self, delta: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class ServedModel(_message.Message):
-    __slots__ = ("name", "kind", "artifact", "base", "backend", "backend_reason", "dtype", "state", "error")
+    __slots__ = ("name", "kind", "artifact", "base", "backend", "backend_reason", "dtype", "state", "error", "model", "adapter_limits", "peft_type", "rank")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +140,10 @@ class ServedModel(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    PEFT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     artifact: _common_pb2.ArtifactRef
@@ -149,7 +153,19 @@ class ServedModel(_message.Message):
     dtype: _common_pb2.Dtype
     state: ServedModelState
     error: _common_pb2.JobError
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., base: _Optional[str] = ..., backend: _Optional[str] = ..., backend_reason: _Optional[str] = ..., dtype: _Optional[_Union[_common_pb2.Dtype, str]] = ..., state: _Optional[_Union[ServedModelState, str]] = ..., error: _Optional[_Union[_common_pb2.JobError, _Mapping]] = ...) -> None: ...
+    model: str
+    adapter_limits: AdapterLimits
+    peft_type: str
+    rank: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., base: _Optional[str] = ..., backend: _Optional[str] = ..., backend_reason: _Optional[str] = ..., dtype: _Optional[_Union[_common_pb2.Dtype, str]] = ..., state: _Optional[_Union[ServedModelState, str]] = ..., error: _Optional[_Union[_common_pb2.JobError, _Mapping]] = ..., model: _Optional[str] = ..., adapter_limits: _Optional[_Union[AdapterLimits, _Mapping]] = ..., peft_type: _Optional[str] = ..., rank: _Optional[int] = ...) -> None: ...
+
+class AdapterLimits(_message.Message):
+    __slots__ = ("max_adapters", "max_rank")
+    MAX_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_RANK_FIELD_NUMBER: _ClassVar[int]
+    max_adapters: int
+    max_rank: int
+    def __init__(self, max_adapters: _Optional[int] = ..., max_rank: _Optional[int] = ...) -> None: ...
 
 class GetServedModelRequest(_message.Message):
     __slots__ = ("name",)
@@ -168,20 +184,22 @@ class ListServedModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
-    __slots__ = ("name", "model", "backend", "dtype", "enable_adapters", "max_model_len")
+    __slots__ = ("name", "model", "backend", "dtype", "enable_adapters", "max_model_len", "adapter_limits")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     ENABLE_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_LIMITS_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     backend: str
     dtype: _common_pb2.Dtype
     enable_adapters: bool
     max_model_len: int
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., dtype: _Optional[_Union[_common_pb2.Dtype, str]] = ..., enable_adapters: _Optional[bool] = ..., max_model_len: _Optional[int] = ...) -> None: ...
+    adapter_limits: AdapterLimits
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., dtype: _Optional[_Union[_common_pb2.Dtype, str]] = ..., enable_adapters: _Optional[bool] = ..., max_model_len: _Optional[int] = ..., adapter_limits: _Optional[_Union[AdapterLimits, _Mapping]] = ...) -> None: ...
 
 class UnloadModelRequest(_message.Message):
     __slots__ = ("name",)
@@ -194,14 +212,16 @@ class UnloadModelResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class LoadAdapterRequest(_message.Message):
-    __slots__ = ("name", "base", "adapter")
+    __slots__ = ("name", "base", "adapter", "allow_fallback")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BASE_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     name: str
     base: str
     adapter: _common_pb2.ArtifactRef
-    def __init__(self, name: _Optional[str] = ..., base: _Optional[str] = ..., adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
+    allow_fallback: bool
+    def __init__(self, name: _Optional[str] = ..., base: _Optional[str] = ..., adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., allow_fallback: _Optional[bool] = ...) -> None: ...
 
 class UnloadAdapterRequest(_message.Message):
     __slots__ = ("name",)
