@@ -37,7 +37,7 @@ import threading
 import uuid
 from typing import Any, Iterator, Sequence
 
-from tunesmith.core.contracts import AdapterLimits, Generation, LogLikelihood, PromptInput, Sampling
+from tunesmith.core.contracts import AdapterLimits, Generation, LogLikelihood, PromptInput, Sampling, TokenLogprob
 from tunesmith.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from tunesmith.core.plugins import hookimpl
 from tunesmith_builtin.inference_transformers import (
@@ -213,8 +213,26 @@ class VllmModel:
             seed=(sampling.seed or None) if not greedy else None,
             stop=list(sampling.stop) or None,
             repetition_penalty=sampling.repetition_penalty,
+            logprobs=sampling.logprobs,
             output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
         )
+
+    def _logprobs(self, output: Any, top: int, start: int = 0) -> list[TokenLogprob]:
+        """TokenLogprobs of a CompletionOutput's tokens from `start` (vLLM gives one {token id:
+        Logprob} per token: the top-`top` alternatives by rank, plus the sampled token; raw model
+        log-probs)."""
+        def text(tid: int, entry: Any) -> str:
+            return entry.decoded_token if entry is not None and entry.decoded_token is not None else \
+                self.tokenizer.decode([tid])
+
+        out = []
+        for tid, position in list(zip(output.token_ids, output.logprobs or []))[start:]:
+            chosen = position.get(tid)
+            best = sorted(((text(t, p), float(p.logprob), int(t)) for t, p in position.items()
+                           if p.rank is not None and p.rank <= top), key=lambda x: -x[1])
+            out.append(TokenLogprob(token=text(tid, chosen), token_id=int(tid), top=best[:top],
+                                    logprob=float(chosen.logprob) if chosen is not None else float("nan")))
+        return out
 
     def _engine_input(self, prompt: PromptInput) -> tuple[Any, int]:
         ids = render_prompt(self.tokenizer, prompt)
@@ -306,7 +324,9 @@ class VllmModel:
                 continue
             c = out.outputs[0]
             gens.append(Generation(text=c.text, prompt_tokens=n_prompt, completion_tokens=len(c.token_ids),
-                                   finish_reason=_FINISH.get(c.finish_reason or "", c.finish_reason or "stop")))
+                                   finish_reason=_FINISH.get(c.finish_reason or "", c.finish_reason or "stop"),
+                                   logprobs=None if sampling.logprobs is None else
+                                   self._logprobs(c, sampling.logprobs)))
         return gens
 
     def stream(self, prompt: PromptInput, sampling: Sampling, *, adapter: str | None = None) -> TextStream:
@@ -316,10 +336,10 @@ class VllmModel:
         engine_input, n_prompt = self._engine_input(prompt)
         lora = self._lora(adapter)
         params = self._params(sampling, True, n_prompt)
-        return TextStream(lambda handle: self._stream(handle, engine_input, n_prompt, params, lora))
+        return TextStream(lambda handle: self._stream(handle, engine_input, n_prompt, params, lora, sampling.logprobs))
 
     def _stream(self, handle: TextStream, engine_input: Any, n_prompt: int, params: Any,
-                lora: Any) -> Iterator[str]:
+                lora: Any, top: int | None = None) -> Iterator[str]:
         q: queue.SimpleQueue = queue.SimpleQueue()
 
         async def pump() -> None:
@@ -357,12 +377,15 @@ class VllmModel:
                     raise mapped from item
                 c = item.outputs[0]
                 n_tokens += len(c.token_ids)
+                if top is not None:  # before the text, so a consumer sees them with their delta
+                    handle.logprobs.extend(self._logprobs(c, top))
                 if c.text:
                     text.append(c.text)
                     yield c.text  # vLLM has already cut at stop strings
                 if c.finish_reason:
                     reason = _FINISH.get(c.finish_reason, c.finish_reason)
-            handle.generation = Generation("".join(text), n_prompt, n_tokens, reason)
+            handle.generation = Generation("".join(text), n_prompt, n_tokens, reason,
+                                           logprobs=list(handle.logprobs) if top is not None else None)
         finally:
             if not fut.done():
                 fut.cancel()  # cancels engine.generate, which aborts the request

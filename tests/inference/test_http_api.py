@@ -132,8 +132,8 @@ def test_errors_use_openais_shape_and_status_codes(client):
         client.completions.create(model="tiny", prompt="x", max_tokens=-3)
     assert err.value.body["param"] == "max_tokens"
     with pytest.raises(openai.BadRequestError) as err:  # not built: refused, never ignored
-        client.completions.create(model="tiny", prompt="x", max_tokens=2, logprobs=2)
-    assert err.value.body["param"] == "logprobs" and err.value.body["code"] == "unsupported_parameter"
+        client.completions.create(model="tiny", prompt="x", max_tokens=2, echo=True)
+    assert err.value.body["param"] == "echo" and err.value.body["code"] == "unsupported_parameter"
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="tiny", messages=[{"role": "robot", "content": "x"}], max_tokens=2)
     assert err.value.body["param"] == "messages[0].role"
@@ -172,3 +172,24 @@ def test_a_full_queue_is_refused_with_429_and_resource_exhausted_then_recovers(c
     while servicer.in_flight and time.monotonic() < deadline:
         time.sleep(0.05)
     assert servicer.in_flight == 0
+
+
+def test_streaming_n_choices_interleave_and_each_joins_to_its_own_text(client):
+    greedy = client.completions.create(model="tiny", prompt="Many ways", max_tokens=8, temperature=0).choices[0].text
+    chunks = list(client.completions.create(model="tiny", prompt="Many ways", max_tokens=8, temperature=0, n=3,
+                                            stream=True, stream_options={"include_usage": True}))
+    texts = {i: "".join(c.choices[0].text for c in chunks if c.choices and c.choices[0].index == i) for i in range(3)}
+    assert texts == {0: greedy, 1: greedy, 2: greedy}
+    finishes = [c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert sorted(finishes) == [0, 1, 2]
+    single = client.completions.create(model="tiny", prompt="Many ways", max_tokens=8, temperature=0)
+    assert chunks[-1].usage.completion_tokens == 3 * single.usage.completion_tokens
+
+    def sampled():
+        out = list(client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Pick"}],
+                                                  max_tokens=6, temperature=1.0, n=2, seed=11, stream=True))
+        return {i: "".join(c.choices[0].delta.content or "" for c in out if c.choices[0].index == i) for i in (0, 1)}
+
+    first = sampled()
+    assert first == sampled()  # a seed reproduces the response
+    assert first[0] != first[1]  # and the choices differ (seed + index)

@@ -376,6 +376,21 @@ class Sampling:
     stop: list[str] = field(default_factory=list)
     seed: int = 0
     repetition_penalty: float = 1.0
+    #: None: no log-probabilities; N >= 0: each completion token's logprob and the N most likely
+    #: alternatives at its position (Generation.logprobs; streams: GenerationStream.logprobs).
+    logprobs: int | None = None
+
+
+@dataclass
+class TokenLogprob:
+    """A completion token, its log-probability under the model (natural log, before
+    temperature / top-p), and the most likely tokens at its position: (token, logprob, id),
+    most likely first."""
+
+    token: str
+    logprob: float
+    token_id: int
+    top: list[tuple[str, float, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -384,6 +399,8 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" | "length" | "cancelled"
+    #: One per completion token when Sampling.logprobs is set, else None.
+    logprobs: list[TokenLogprob] | None = None
 
 
 #: Every finish_reason a Generation may carry.
@@ -412,6 +429,8 @@ class GenerationStream(Protocol):
     """
 
     generation: Generation | None
+    #: TokenLogprobs of the tokens so far when Sampling.logprobs is set (else stays empty).
+    logprobs: list[TokenLogprob]
 
     def __iter__(self) -> Iterator[str]:
         """The stream itself."""

@@ -7,16 +7,19 @@ second copy of an engine.
 
 - `model` is a served model's name, an adapter's served name, or "base:adapter".
 - Supported parameters: max_tokens, temperature (OpenAI's default 1.0), top_p, stop (a string or
-  up to 16), n (unary only), seed, stream, stream_options.include_usage, user (ignored).
-- Parameters OpenAI defines that are not built here (logprobs, echo, suffix, logit_bias, tools,
+  up to 16), n, seed, stream, stream_options.include_usage, logprobs (completions:
+  0-5 alternatives; chat: true, with top_logprobs 0-20), user (ignored).
+- Parameters OpenAI defines that are not built here (echo, suffix, logit_bias, tools,
   response_format, presence/frequency penalties other than 0, best_of other than n) are refused
   with 400 naming the parameter, never ignored; so is any unknown parameter.
 - Errors use OpenAI's shape, {"error": {"message", "type", "param", "code"}}: 400 for a bad
   request, 404 for an unknown model, 409 for a model still loading or failed, 500 otherwise.
 """
 
+import dataclasses
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -25,6 +28,7 @@ from typing import Any, Iterator
 
 from tunesmith.api.inference.v1 import inference_pb2
 from tunesmith.core.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, TunesmithError
+from tunesmith.inference.service import checked_logprobs
 
 log = logging.getLogger("tunesmith.inference.http")
 
@@ -33,6 +37,8 @@ DEFAULT_HTTP_PORT = 8000
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_MAX_TOKENS = {"completions": 16, "chat": 256}
 MAX_N = 16
+#: OpenAI's limit on the completions API's `logprobs` (alternatives per token).
+MAX_COMPLETION_LOGPROBS = 5
 #: Our SamplingParams field -> the OpenAI parameter it comes from (for error messages).
 _PARAM = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "stop": "stop",
           "seed": "seed"}
@@ -57,6 +63,9 @@ class ApiError(Exception):
 
 def _from_domain(exc: TunesmithError, param_map: dict[str, str] | None = None) -> ApiError:
     field = exc.field or None
+    if field:  # the gRPC request's field paths, as the OpenAI request names them
+        field = re.sub(r"^prompts\[\d+\]\.chat\.", "", field)
+        field = re.sub(r"^prompts\[\d+\]\.text$", "prompt", field)
     if field and param_map:
         field = param_map.get(field.split(".")[-1], field)
     message = exc.message if not field or exc.message.startswith(field) else f"{field}: {exc.message}"
@@ -76,8 +85,8 @@ def _refuse_unbuilt(body: dict[str, Any], kind: str) -> None:
     unknown = sorted(set(body) - _ALLOWED[kind])
     if unknown:
         raise ApiError(400, f"unknown parameter {unknown[0]!r}", param=unknown[0], code="unknown_parameter")
-    unbuilt = {"logprobs": lambda v: v not in (None, False, 0), "echo": bool, "suffix": bool, "logit_bias": bool,
-               "top_logprobs": lambda v: v is not None, "tools": bool, "tool_choice": lambda v: v is not None,
+    unbuilt = {"echo": bool, "suffix": bool, "logit_bias": bool,
+               "tools": bool, "tool_choice": lambda v: v is not None,
                "response_format": bool, "parallel_tool_calls": lambda v: v is not None,
                "presence_penalty": lambda v: v not in (None, 0, 0.0),
                "frequency_penalty": lambda v: v not in (None, 0, 0.0),
@@ -120,6 +129,44 @@ def sampling_params(body: dict[str, Any], kind: str) -> inference_pb2.SamplingPa
     return inference_pb2.SamplingParams(max_new_tokens=max_tokens, temperature=_number(body, "temperature",
                                                                                       DEFAULT_TEMPERATURE),
                                         top_p=_number(body, "top_p", 1.0), stop=stops, seed=seed)
+
+
+def logprob_request(body: dict[str, Any], kind: str) -> tuple[bool, int]:
+    """(logprobs?, top alternatives) of a request: completions take `logprobs` = 0-5 (the
+    number of alternatives), chat takes `logprobs` = true with `top_logprobs` = 0-20."""
+    if kind == "completions":
+        value = body.get("logprobs")
+        if value is None:
+            return False, 0
+        n = _int(body, "logprobs", 0)
+        if not 0 <= n <= MAX_COMPLETION_LOGPROBS:
+            raise ApiError(400, f"'logprobs' must be in [0, {MAX_COMPLETION_LOGPROBS}]", param="logprobs",
+                           code="invalid_value")
+        return True, n
+    want = body.get("logprobs")
+    if want is not None and not isinstance(want, bool):
+        raise ApiError(400, "'logprobs' must be a boolean", param="logprobs", code="invalid_type")
+    top = _int(body, "top_logprobs", 0)
+    if body.get("top_logprobs") is not None and not want:
+        raise ApiError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs", code="invalid_value")
+    return bool(want), top
+
+
+def logprobs_json(logprobs, kind: str, offset: int = 0) -> dict[str, Any] | None:
+    """An OpenAI choice's `logprobs` from contract TokenLogprobs (None when not asked). offset:
+    characters of completion text before these tokens (completions' text_offset)."""
+    if logprobs is None:
+        return None
+    if kind == "chat":
+        return {"content": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode("utf-8")),
+                             "top_logprobs": [{"token": tok, "logprob": lp, "bytes": list(tok.encode("utf-8"))}
+                                              for tok, lp, _ in t.top]} for t in logprobs], "refusal": None}
+    offsets = []
+    for t in logprobs:
+        offsets.append(offset)
+        offset += len(t.token)
+    return {"tokens": [t.token for t in logprobs], "token_logprobs": [t.logprob for t in logprobs],
+            "top_logprobs": [{tok: lp for tok, lp, _ in t.top} for t in logprobs], "text_offset": offsets}
 
 
 def _prompts(body: dict[str, Any], kind: str) -> list[inference_pb2.Prompt]:
@@ -211,13 +258,13 @@ class OpenAIApi:
         if not 1 <= n <= MAX_N:
             raise ApiError(400, f"'n' must be in [1, {MAX_N}]", param="n", code="invalid_value")
         stream = bool(body.get("stream", False))
-        if stream and n != 1:
-            raise ApiError(400, "streaming with n > 1 is not supported yet", param="n", code="unsupported_parameter")
         prompts = _prompts(body, kind)
+        want_logprobs, top = logprob_request(body, kind)
         request = inference_pb2.GenerateRequest(model=name, prompts=[p for p in prompts for _ in range(n)],
-                                                sampling=sampling_params(body, kind))
+                                                sampling=sampling_params(body, kind), logprobs=want_logprobs,
+                                                top_logprobs=top)
         try:
-            prompts_in, sampling = self.servicer.checked_request(request, stream=stream)
+            prompts_in, sampling = self.servicer.checked_request(request, stream=stream and n == 1)
             loaded, adapter, served = self.servicer.target(name, sampling)
         except TunesmithError as exc:
             raise _from_domain(exc, _PARAM) from None
@@ -234,12 +281,18 @@ class OpenAIApi:
         created = int(time.time())
         choices = []
         for i, g in enumerate(results):
+            logprobs = None
+            if sampling.logprobs is not None:
+                try:
+                    logprobs = logprobs_json(checked_logprobs(g.logprobs, loaded.backend), kind)
+                except TunesmithError as exc:
+                    raise _from_domain(exc) from None
             if kind == "chat":
                 choices.append({"index": i, "message": {"role": "assistant", "content": g.text},
-                                "finish_reason": _finish(g.finish_reason), "logprobs": None})
+                                "finish_reason": _finish(g.finish_reason), "logprobs": logprobs})
             else:
                 choices.append({"index": i, "text": g.text, "finish_reason": _finish(g.finish_reason),
-                                "logprobs": None})
+                                "logprobs": logprobs})
         prompt_tokens = sum(g.prompt_tokens for g in results[::n])
         completion_tokens = sum(g.completion_tokens for g in results)
         return {"id": _id(kind), "object": "chat.completion" if kind == "chat" else "text_completion",
@@ -248,49 +301,86 @@ class OpenAIApi:
                           "total_tokens": prompt_tokens + completion_tokens}}
 
     def stream(self, body: Any, kind: str) -> Iterator[str]:
-        """SSE lines for one streamed completion (checked before the first line is sent)."""
-        _, (prompt,), sampling, loaded, adapter, _, include_usage = self.prepare(body, kind)
+        """SSE lines for one streamed request (checked before the first line is sent). With n > 1
+        the n choices stream together, each chunk naming its choice `index`; with a seed, choice
+        i samples with seed + i (so choices differ, and a seed reproduces the whole response)."""
+        _, prompts, sampling, loaded, adapter, n, include_usage = self.prepare(body, kind)
         slot = self.servicer.admit()
         try:  # the slot is taken before the response starts, so a full queue is a plain 429
             slot.__enter__()
         except TunesmithError as exc:
             raise _from_domain(exc, _PARAM) from None
+        streams = []
         try:
-            stream = loaded.stream(prompt, sampling, adapter=adapter)
+            for i, prompt in enumerate(prompts):
+                each = dataclasses.replace(sampling, seed=sampling.seed + i if sampling.seed else 0)
+                streams.append(loaded.stream(prompt, each, adapter=adapter))
         except TunesmithError as exc:
+            for stream in streams:
+                stream.close()
             slot.__exit__(None, None, None)
             raise _from_domain(exc, _PARAM) from None
         ident, created, model = _id(kind), int(time.time()), body["model"]
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        want = sampling.logprobs is not None
+        sent = [0] * len(streams)   # tokens whose logprobs went out, per choice
+        chars = [0] * len(streams)  # characters of text before them (completions' text_offset)
 
-        def chunk(delta: str | None, finish: str | None, first: bool = False) -> str:
+        def new_logprobs(i: int, final: bool):
+            """The logprobs of choice i's tokens since its last chunk (None when not asked)."""
+            if not want:
+                return None
+            stream = streams[i]
+            tokens = stream.logprobs
+            if final:
+                tokens = checked_logprobs(stream.generation.logprobs if stream.generation else None, loaded.backend)
+            tokens = tokens[sent[i]:]
+            out = logprobs_json(tokens, kind, chars[i])
+            sent[i] += len(tokens)
+            chars[i] += sum(len(t.token) for t in tokens)
+            return out
+
+        def chunk(i: int, delta: str | None, finish: str | None, first: bool = False, final: bool = False) -> str:
+            logprobs = None if first else new_logprobs(i, final)
             if kind == "chat":
                 d: dict[str, Any] = {}
                 if first:
                     d["role"] = "assistant"
                 if delta is not None:
                     d["content"] = delta
-                choice = {"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}
+                choice = {"index": i, "delta": d, "finish_reason": finish, "logprobs": logprobs}
             else:
-                choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
+                choice = {"index": i, "text": delta or "", "finish_reason": finish, "logprobs": logprobs}
             return _sse({"id": ident, "object": obj, "created": created, "model": model, "choices": [choice]})
 
         def lines() -> Iterator[str]:
             try:
                 if kind == "chat":
-                    yield chunk("", None, first=True)
-                for delta in stream:
-                    yield chunk(delta, None)
-                final = stream.generation
-                yield chunk(None if kind == "chat" else "", _finish(final.finish_reason if final else "stop"))
-                if include_usage and final is not None:
-                    usage = {"prompt_tokens": final.prompt_tokens, "completion_tokens": final.completion_tokens,
-                             "total_tokens": final.prompt_tokens + final.completion_tokens}
+                    for i in range(len(streams)):
+                        yield chunk(i, "", None, first=True)
+                active = list(range(len(streams)))
+                while active:  # round robin: the engine generates the choices together
+                    for i in list(active):
+                        delta = next(streams[i], None)
+                        if delta is not None:
+                            yield chunk(i, delta, None)
+                            continue
+                        active.remove(i)
+                        final = streams[i].generation
+                        yield chunk(i, None if kind == "chat" else "",
+                                    _finish(final.finish_reason if final else "stop"), final=True)
+                finals = [s.generation for s in streams]
+                if include_usage and all(g is not None for g in finals):
+                    prompt_tokens = finals[0].prompt_tokens
+                    completion_tokens = sum(g.completion_tokens for g in finals)
+                    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                             "total_tokens": prompt_tokens + completion_tokens}
                     yield _sse({"id": ident, "object": obj, "created": created, "model": model, "choices": [],
                                 "usage": usage})
                 yield "data: [DONE]\n\n"
             finally:
-                stream.close()  # a client that goes away stops its generation
+                for stream in streams:
+                    stream.close()  # a client that goes away stops its generation
 
         return _Releasing(lines(), lambda: slot.__exit__(None, None, None))
 

@@ -34,6 +34,8 @@ MAX_PROMPTS = 256
 DEFAULT_MAX_QUEUE = 64
 MIN_REPETITION_PENALTY = 0.01
 MAX_PROMPT_CHARS = 1_000_000
+#: GenerateRequest.top_logprobs at most (OpenAI's limit for chat).
+MAX_TOP_LOGPROBS = 20
 #: LoadModel adapter_limits: defaults (AdapterLimits()) and the largest values accepted.
 MAX_ADAPTERS_LIMIT = 64
 MAX_ADAPTER_RANK_LIMIT = 512
@@ -83,9 +85,25 @@ def prompt_from(p: inference_pb2.Prompt, index: int):
                     "must be CHAT_ROLE_SYSTEM, CHAT_ROLE_USER, CHAT_ROLE_ASSISTANT or CHAT_ROLE_TOOL")
             v.check(len(m.content) <= MAX_PROMPT_CHARS, f"{where}.chat.messages[{j}].content",
                     f"at most {MAX_PROMPT_CHARS} characters")
+            v.check(bool(m.content.strip()), f"{where}.chat.messages[{j}].content", "is empty")
         v.raise_if_any()
         return [{"role": _ROLES[m.role], "content": m.content} for m in p.chat.messages]
     raise InvalidArgument("each prompt needs text or chat", field=where)
+
+
+def checked_logprobs(logprobs, backend: str):
+    """The Generation's logprobs, or FailedPrecondition when a backend that was asked for them
+    returned none (so they are never silently missing)."""
+    if logprobs is None:
+        raise FailedPrecondition(f"the {backend or 'serving'} backend returned no token log-probabilities",
+                                 field="logprobs", code="logprobs_unsupported")
+    return logprobs
+
+
+def logprobs_proto(logprobs) -> list[inference_pb2.TokenLogprob]:
+    """TokenLogprob messages of contract TokenLogprobs."""
+    return [inference_pb2.TokenLogprob(token=t.token, logprob=t.logprob, token_id=t.token_id, top_logprobs=[
+        inference_pb2.TopLogprob(token=tok, logprob=lp, token_id=tid) for tok, lp, tid in t.top]) for t in logprobs]
 
 
 def _check_name(name: str, field: str) -> None:
@@ -398,39 +416,61 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if not 0 < len(request.prompts) <= MAX_PROMPTS:
             raise InvalidArgument(f"1 to {MAX_PROMPTS} prompts are required, got {len(request.prompts)}", field="prompts")
         prompts = [prompt_from(p, i) for i, p in enumerate(request.prompts)]
-        return prompts, sampling_from(request.sampling)
+        sampling = sampling_from(request.sampling)
+        v = Violations()
+        check_int(v, request.top_logprobs, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+        if request.top_logprobs and not request.logprobs:
+            v.add("top_logprobs", "needs logprobs")
+        v.raise_if_any()
+        if request.logprobs:
+            sampling.logprobs = request.top_logprobs
+        return prompts, sampling
 
     def Generate(self, request, context):
         prompts, sampling = self.checked_request(request, stream=False)
         loaded, adapter, served = self.target(request.model, sampling)
         with self.admit():
             results = loaded.generate(prompts, sampling, adapter=adapter)
-        return inference_pb2.GenerateResponse(
-            model=request.model, backend=served.backend,
-            completions=[inference_pb2.Completion(text=g.text, prompt_tokens=g.prompt_tokens,
-                                                  completion_tokens=g.completion_tokens,
-                                                  finish_reason=finish_reason(g.finish_reason)) for g in results])
+        completions = []
+        for g in results:
+            c = inference_pb2.Completion(text=g.text, prompt_tokens=g.prompt_tokens,
+                                         completion_tokens=g.completion_tokens, finish_reason=finish_reason(g.finish_reason))
+            if sampling.logprobs is not None:
+                c.logprobs.extend(logprobs_proto(checked_logprobs(g.logprobs, served.backend)))
+                c.token_logprobs.extend(t.logprob for t in g.logprobs)
+            completions.append(c)
+        return inference_pb2.GenerateResponse(model=request.model, backend=served.backend, completions=completions)
 
     def GenerateStream(self, request, context):
         (prompt,), sampling = self.checked_request(request, stream=True)
-        loaded, adapter, _ = self.target(request.model, sampling)
+        loaded, adapter, served = self.target(request.model, sampling)
         with self.admit():
-            yield from self._stream(loaded, prompt, sampling, adapter, context)
+            yield from self._stream(loaded, prompt, sampling, adapter, context, served.backend)
 
-    def _stream(self, loaded, prompt, sampling, adapter, context):
+    def _stream(self, loaded, prompt, sampling, adapter, context, backend=""):
         stream = loaded.stream(prompt, sampling, adapter=adapter)
-        count = 0
+        count = sent = 0
+        want = sampling.logprobs is not None
         try:
             for delta in stream:
                 if not context.is_active():
                     return
                 count += 1
-                yield inference_pb2.GenerateChunk(delta=delta, completion_tokens=count)
+                chunk = inference_pb2.GenerateChunk(delta=delta, completion_tokens=count)
+                if want:
+                    new = stream.logprobs[sent:]
+                    sent += len(new)
+                    chunk.logprobs.extend(logprobs_proto(new))
+                yield chunk
             # Once exhausted, the backend's stream knows the real token count and why it ended.
             final = stream.generation
-            yield inference_pb2.GenerateChunk(
+            last = inference_pb2.GenerateChunk(
                 finish_reason=finish_reason(final.finish_reason if final else "stop"),
                 completion_tokens=final.completion_tokens if final else count)
+            if want:
+                last.logprobs.extend(logprobs_proto(checked_logprobs(final.logprobs if final else None,
+                                                                     backend)[sent:]))
+            yield last
         finally:
             stream.close()  # a cancelled call stops generation
 

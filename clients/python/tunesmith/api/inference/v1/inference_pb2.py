@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from tunesmith.api.common.v1 import common_pb2 as tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*tunesmith/api/inference/v1/inference.proto\x12\x1atunesmith.api.inference.v1\x1a$tunesmith/api/common/v1/common.proto\"R\n\x0b\x43hatMessage\x12\x32\n\x04role\x18\x01 \x01(\x0e\x32$.tunesmith.api.inference.v1.ChatRole\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"I\n\x0c\x43onversation\x12\x39\n\x08messages\x18\x01 \x03(\x0b\x32\'.tunesmith.api.inference.v1.ChatMessage\"Z\n\x06Prompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x38\n\x04\x63hat\x18\x02 \x01(\x0b\x32(.tunesmith.api.inference.v1.ConversationH\x00\x42\x06\n\x04kind\"\x93\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\r\n\x05top_p\x18\x03 \x01(\x01\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x1a\n\x12repetition_penalty\x18\x07 \x01(\x01\"\xa5\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x33\n\x07prompts\x18\x02 \x03(\x0b\x32\".tunesmith.api.inference.v1.Prompt\x12<\n\x08sampling\x18\x03 \x01(\x0b\x32*.tunesmith.api.inference.v1.SamplingParams\x12\x10\n\x08logprobs\x18\x04 \x01(\x08\"\xa5\x01\n\nCompletion\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x05\x12?\n\rfinish_reason\x18\x04 \x01(\x0e\x32(.tunesmith.api.inference.v1.FinishReason\x12\x16\n\x0etoken_logprobs\x18\x05 \x03(\x01\"o\n\x10GenerateResponse\x12;\n\x0b\x63ompletions\x18\x01 \x03(\x0b\x32&.tunesmith.api.inference.v1.Completion\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\"z\n\rGenerateChunk\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12?\n\rfinish_reason\x18\x02 \x01(\x0e\x32(.tunesmith.api.inference.v1.FinishReason\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x05\"\xa9\x03\n\x0bServedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x36\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32$.tunesmith.api.common.v1.ArtifactRef\x12\x0c\n\x04\x62\x61se\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x16\n\x0e\x62\x61\x63kend_reason\x18\x06 \x01(\t\x12-\n\x05\x64type\x18\x07 \x01(\x0e\x32\x1e.tunesmith.api.common.v1.Dtype\x12;\n\x05state\x18\x08 \x01(\x0e\x32,.tunesmith.api.inference.v1.ServedModelState\x12\x30\n\x05\x65rror\x18\t \x01(\x0b\x32!.tunesmith.api.common.v1.JobError\x12\r\n\x05model\x18\n \x01(\t\x12\x41\n\x0e\x61\x64\x61pter_limits\x18\x0b \x01(\x0b\x32).tunesmith.api.inference.v1.AdapterLimits\x12\x11\n\tpeft_type\x18\x0c \x01(\t\x12\x0c\n\x04rank\x18\r \x01(\x05\"7\n\rAdapterLimits\x12\x14\n\x0cmax_adapters\x18\x01 \x01(\x05\x12\x10\n\x08max_rank\x18\x02 \x01(\x05\"%\n\x15GetServedModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x19\n\x17ListServedModelsRequest\"S\n\x18ListServedModelsResponse\x12\x37\n\x06models\x18\x01 \x03(\x0b\x32\'.tunesmith.api.inference.v1.ServedModel\"\xe2\x01\n\x10LoadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12-\n\x05\x64type\x18\x04 \x01(\x0e\x32\x1e.tunesmith.api.common.v1.Dtype\x12\x17\n\x0f\x65nable_adapters\x18\x05 \x01(\x08\x12\x15\n\rmax_model_len\x18\x06 \x01(\x05\x12\x41\n\x0e\x61\x64\x61pter_limits\x18\x07 \x01(\x0b\x32).tunesmith.api.inference.v1.AdapterLimits\"\"\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13UnloadModelResponse\"\x7f\n\x12LoadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x02 \x01(\t\x12\x35\n\x07\x61\x64\x61pter\x18\x03 \x01(\x0b\x32$.tunesmith.api.common.v1.ArtifactRef\x12\x16\n\x0e\x61llow_fallback\x18\x04 \x01(\x08\"$\n\x14UnloadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*|\n\x08\x43hatRole\x12\x19\n\x15\x43HAT_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43HAT_ROLE_SYSTEM\x10\x01\x12\x12\n\x0e\x43HAT_ROLE_USER\x10\x02\x12\x17\n\x13\x43HAT_ROLE_ASSISTANT\x10\x03\x12\x12\n\x0e\x43HAT_ROLE_TOOL\x10\x04*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03*\x93\x01\n\x10ServedModelState\x12\"\n\x1eSERVED_MODEL_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSERVED_MODEL_STATE_LOADING\x10\x01\x12\x1c\n\x18SERVED_MODEL_STATE_READY\x10\x02\x12\x1d\n\x19SERVED_MODEL_STATE_FAILED\x10\x03\x32\xdc\x07\n\x10InferenceService\x12^\n\tGetStatus\x12).tunesmith.api.common.v1.GetStatusRequest\x1a&.tunesmith.api.common.v1.ServiceStatus\x12\x65\n\x08Generate\x12+.tunesmith.api.inference.v1.GenerateRequest\x1a,.tunesmith.api.inference.v1.GenerateResponse\x12j\n\x0eGenerateStream\x12+.tunesmith.api.inference.v1.GenerateRequest\x1a).tunesmith.api.inference.v1.GenerateChunk0\x01\x12w\n\nListModels\x12\x33.tunesmith.api.inference.v1.ListServedModelsRequest\x1a\x34.tunesmith.api.inference.v1.ListServedModelsResponse\x12\x62\n\tLoadModel\x12,.tunesmith.api.inference.v1.LoadModelRequest\x1a\'.tunesmith.api.inference.v1.ServedModel\x12l\n\x0eGetServedModel\x12\x31.tunesmith.api.inference.v1.GetServedModelRequest\x1a\'.tunesmith.api.inference.v1.ServedModel\x12n\n\x0bUnloadModel\x12..tunesmith.api.inference.v1.UnloadModelRequest\x1a/.tunesmith.api.inference.v1.UnloadModelResponse\x12\x66\n\x0bLoadAdapter\x12..tunesmith.api.inference.v1.LoadAdapterRequest\x1a\'.tunesmith.api.inference.v1.ServedModel\x12r\n\rUnloadAdapter\x12\x30.tunesmith.api.inference.v1.UnloadAdapterRequest\x1a/.tunesmith.api.inference.v1.UnloadModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*tunesmith/api/inference/v1/inference.proto\x12\x1atunesmith.api.inference.v1\x1a$tunesmith/api/common/v1/common.proto\"R\n\x0b\x43hatMessage\x12\x32\n\x04role\x18\x01 \x01(\x0e\x32$.tunesmith.api.inference.v1.ChatRole\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"I\n\x0c\x43onversation\x12\x39\n\x08messages\x18\x01 \x03(\x0b\x32\'.tunesmith.api.inference.v1.ChatMessage\"Z\n\x06Prompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x38\n\x04\x63hat\x18\x02 \x01(\x0b\x32(.tunesmith.api.inference.v1.ConversationH\x00\x42\x06\n\x04kind\"\x93\x01\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\r\n\x05top_p\x18\x03 \x01(\x01\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x1a\n\x12repetition_penalty\x18\x07 \x01(\x01\"\xbb\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x33\n\x07prompts\x18\x02 \x03(\x0b\x32\".tunesmith.api.inference.v1.Prompt\x12<\n\x08sampling\x18\x03 \x01(\x0b\x32*.tunesmith.api.inference.v1.SamplingParams\x12\x10\n\x08logprobs\x18\x04 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x05 \x01(\x05\">\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\x10\n\x08token_id\x18\x03 \x01(\x05\"~\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\x10\n\x08token_id\x18\x03 \x01(\x05\x12<\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32&.tunesmith.api.inference.v1.TopLogprob\"\xe1\x01\n\nCompletion\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x05\x12?\n\rfinish_reason\x18\x04 \x01(\x0e\x32(.tunesmith.api.inference.v1.FinishReason\x12\x16\n\x0etoken_logprobs\x18\x05 \x03(\x01\x12:\n\x08logprobs\x18\x06 \x03(\x0b\x32(.tunesmith.api.inference.v1.TokenLogprob\"o\n\x10GenerateResponse\x12;\n\x0b\x63ompletions\x18\x01 \x03(\x0b\x32&.tunesmith.api.inference.v1.Completion\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\"\xb6\x01\n\rGenerateChunk\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12?\n\rfinish_reason\x18\x02 \x01(\x0e\x32(.tunesmith.api.inference.v1.FinishReason\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x05\x12:\n\x08logprobs\x18\x04 \x03(\x0b\x32(.tunesmith.api.inference.v1.TokenLogprob\"\xa9\x03\n\x0bServedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x36\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32$.tunesmith.api.common.v1.ArtifactRef\x12\x0c\n\x04\x62\x61se\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x16\n\x0e\x62\x61\x63kend_reason\x18\x06 \x01(\t\x12-\n\x05\x64type\x18\x07 \x01(\x0e\x32\x1e.tunesmith.api.common.v1.Dtype\x12;\n\x05state\x18\x08 \x01(\x0e\x32,.tunesmith.api.inference.v1.ServedModelState\x12\x30\n\x05\x65rror\x18\t \x01(\x0b\x32!.tunesmith.api.common.v1.JobError\x12\r\n\x05model\x18\n \x01(\t\x12\x41\n\x0e\x61\x64\x61pter_limits\x18\x0b \x01(\x0b\x32).tunesmith.api.inference.v1.AdapterLimits\x12\x11\n\tpeft_type\x18\x0c \x01(\t\x12\x0c\n\x04rank\x18\r \x01(\x05\"7\n\rAdapterLimits\x12\x14\n\x0cmax_adapters\x18\x01 \x01(\x05\x12\x10\n\x08max_rank\x18\x02 \x01(\x05\"%\n\x15GetServedModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x19\n\x17ListServedModelsRequest\"S\n\x18ListServedModelsResponse\x12\x37\n\x06models\x18\x01 \x03(\x0b\x32\'.tunesmith.api.inference.v1.ServedModel\"\xe2\x01\n\x10LoadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12-\n\x05\x64type\x18\x04 \x01(\x0e\x32\x1e.tunesmith.api.common.v1.Dtype\x12\x17\n\x0f\x65nable_adapters\x18\x05 \x01(\x08\x12\x15\n\rmax_model_len\x18\x06 \x01(\x05\x12\x41\n\x0e\x61\x64\x61pter_limits\x18\x07 \x01(\x0b\x32).tunesmith.api.inference.v1.AdapterLimits\"\"\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13UnloadModelResponse\"\x7f\n\x12LoadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x02 \x01(\t\x12\x35\n\x07\x61\x64\x61pter\x18\x03 \x01(\x0b\x32$.tunesmith.api.common.v1.ArtifactRef\x12\x16\n\x0e\x61llow_fallback\x18\x04 \x01(\x08\"$\n\x14UnloadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*|\n\x08\x43hatRole\x12\x19\n\x15\x43HAT_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43HAT_ROLE_SYSTEM\x10\x01\x12\x12\n\x0e\x43HAT_ROLE_USER\x10\x02\x12\x17\n\x13\x43HAT_ROLE_ASSISTANT\x10\x03\x12\x12\n\x0e\x43HAT_ROLE_TOOL\x10\x04*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03*\x93\x01\n\x10ServedModelState\x12\"\n\x1eSERVED_MODEL_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSERVED_MODEL_STATE_LOADING\x10\x01\x12\x1c\n\x18SERVED_MODEL_STATE_READY\x10\x02\x12\x1d\n\x19SERVED_MODEL_STATE_FAILED\x10\x03\x32\xdc\x07\n\x10InferenceService\x12^\n\tGetStatus\x12).tunesmith.api.common.v1.GetStatusRequest\x1a&.tunesmith.api.common.v1.ServiceStatus\x12\x65\n\x08Generate\x12+.tunesmith.api.inference.v1.GenerateRequest\x1a,.tunesmith.api.inference.v1.GenerateResponse\x12j\n\x0eGenerateStream\x12+.tunesmith.api.inference.v1.GenerateRequest\x1a).tunesmith.api.inference.v1.GenerateChunk0\x01\x12w\n\nListModels\x12\x33.tunesmith.api.inference.v1.ListServedModelsRequest\x1a\x34.tunesmith.api.inference.v1.ListServedModelsResponse\x12\x62\n\tLoadModel\x12,.tunesmith.api.inference.v1.LoadModelRequest\x1a\'.tunesmith.api.inference.v1.ServedModel\x12l\n\x0eGetServedModel\x12\x31.tunesmith.api.inference.v1.GetServedModelRequest\x1a\'.tunesmith.api.inference.v1.ServedModel\x12n\n\x0bUnloadModel\x12..tunesmith.api.inference.v1.UnloadModelRequest\x1a/.tunesmith.api.inference.v1.UnloadModelResponse\x12\x66\n\x0bLoadAdapter\x12..tunesmith.api.inference.v1.LoadAdapterRequest\x1a\'.tunesmith.api.inference.v1.ServedModel\x12r\n\rUnloadAdapter\x12\x30.tunesmith.api.inference.v1.UnloadAdapterRequest\x1a/.tunesmith.api.inference.v1.UnloadModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tunesmith.api.inference.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHATROLE']._serialized_start=2177
-  _globals['_CHATROLE']._serialized_end=2301
-  _globals['_FINISHREASON']._serialized_start=2303
-  _globals['_FINISHREASON']._serialized_end=2427
-  _globals['_SERVEDMODELSTATE']._serialized_start=2430
-  _globals['_SERVEDMODELSTATE']._serialized_end=2577
+  _globals['_CHATROLE']._serialized_start=2512
+  _globals['_CHATROLE']._serialized_end=2636
+  _globals['_FINISHREASON']._serialized_start=2638
+  _globals['_FINISHREASON']._serialized_end=2762
+  _globals['_SERVEDMODELSTATE']._serialized_start=2765
+  _globals['_SERVEDMODELSTATE']._serialized_end=2912
   _globals['_CHATMESSAGE']._serialized_start=112
   _globals['_CHATMESSAGE']._serialized_end=194
   _globals['_CONVERSATION']._serialized_start=196
@@ -47,33 +47,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS']._serialized_start=364
   _globals['_SAMPLINGPARAMS']._serialized_end=511
   _globals['_GENERATEREQUEST']._serialized_start=514
-  _globals['_GENERATEREQUEST']._serialized_end=679
-  _globals['_COMPLETION']._serialized_start=682
-  _globals['_COMPLETION']._serialized_end=847
-  _globals['_GENERATERESPONSE']._serialized_start=849
-  _globals['_GENERATERESPONSE']._serialized_end=960
-  _globals['_GENERATECHUNK']._serialized_start=962
-  _globals['_GENERATECHUNK']._serialized_end=1084
-  _globals['_SERVEDMODEL']._serialized_start=1087
-  _globals['_SERVEDMODEL']._serialized_end=1512
-  _globals['_ADAPTERLIMITS']._serialized_start=1514
-  _globals['_ADAPTERLIMITS']._serialized_end=1569
-  _globals['_GETSERVEDMODELREQUEST']._serialized_start=1571
-  _globals['_GETSERVEDMODELREQUEST']._serialized_end=1608
-  _globals['_LISTSERVEDMODELSREQUEST']._serialized_start=1610
-  _globals['_LISTSERVEDMODELSREQUEST']._serialized_end=1635
-  _globals['_LISTSERVEDMODELSRESPONSE']._serialized_start=1637
-  _globals['_LISTSERVEDMODELSRESPONSE']._serialized_end=1720
-  _globals['_LOADMODELREQUEST']._serialized_start=1723
-  _globals['_LOADMODELREQUEST']._serialized_end=1949
-  _globals['_UNLOADMODELREQUEST']._serialized_start=1951
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1985
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=1987
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=2008
-  _globals['_LOADADAPTERREQUEST']._serialized_start=2010
-  _globals['_LOADADAPTERREQUEST']._serialized_end=2137
-  _globals['_UNLOADADAPTERREQUEST']._serialized_start=2139
-  _globals['_UNLOADADAPTERREQUEST']._serialized_end=2175
-  _globals['_INFERENCESERVICE']._serialized_start=2580
-  _globals['_INFERENCESERVICE']._serialized_end=3568
+  _globals['_GENERATEREQUEST']._serialized_end=701
+  _globals['_TOPLOGPROB']._serialized_start=703
+  _globals['_TOPLOGPROB']._serialized_end=765
+  _globals['_TOKENLOGPROB']._serialized_start=767
+  _globals['_TOKENLOGPROB']._serialized_end=893
+  _globals['_COMPLETION']._serialized_start=896
+  _globals['_COMPLETION']._serialized_end=1121
+  _globals['_GENERATERESPONSE']._serialized_start=1123
+  _globals['_GENERATERESPONSE']._serialized_end=1234
+  _globals['_GENERATECHUNK']._serialized_start=1237
+  _globals['_GENERATECHUNK']._serialized_end=1419
+  _globals['_SERVEDMODEL']._serialized_start=1422
+  _globals['_SERVEDMODEL']._serialized_end=1847
+  _globals['_ADAPTERLIMITS']._serialized_start=1849
+  _globals['_ADAPTERLIMITS']._serialized_end=1904
+  _globals['_GETSERVEDMODELREQUEST']._serialized_start=1906
+  _globals['_GETSERVEDMODELREQUEST']._serialized_end=1943
+  _globals['_LISTSERVEDMODELSREQUEST']._serialized_start=1945
+  _globals['_LISTSERVEDMODELSREQUEST']._serialized_end=1970
+  _globals['_LISTSERVEDMODELSRESPONSE']._serialized_start=1972
+  _globals['_LISTSERVEDMODELSRESPONSE']._serialized_end=2055
+  _globals['_LOADMODELREQUEST']._serialized_start=2058
+  _globals['_LOADMODELREQUEST']._serialized_end=2284
+  _globals['_UNLOADMODELREQUEST']._serialized_start=2286
+  _globals['_UNLOADMODELREQUEST']._serialized_end=2320
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=2322
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=2343
+  _globals['_LOADADAPTERREQUEST']._serialized_start=2345
+  _globals['_LOADADAPTERREQUEST']._serialized_end=2472
+  _globals['_UNLOADADAPTERREQUEST']._serialized_start=2474
+  _globals['_UNLOADADAPTERREQUEST']._serialized_end=2510
+  _globals['_INFERENCESERVICE']._serialized_start=2915
+  _globals['_INFERENCESERVICE']._serialized_end=3903
 # @@protoc_insertion_point(module_scope)
