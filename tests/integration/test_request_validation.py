@@ -197,7 +197,8 @@ CASES = [
     ("trainer", "CreateTrainingJob", lambda w: training(w, num_processes=1000), C.INVALID_ARGUMENT, "spec.num_processes"),
     ("trainer", "CreateTrainingJob", lambda w: training(w, resume_from_checkpoint="artifact://adapter/" + "0" * 64), C.INVALID_ARGUMENT, "spec.resume_from_checkpoint"),
     ("trainer", "CreateTrainingJob", lambda w: training(w, resume_from_checkpoint="artifact://checkpoint/" + "0" * 64), C.NOT_FOUND, "spec.resume_from_checkpoint"),
-    ("trainer", "CreateTrainingJob", lambda w: training(w, serve_as="router"), C.UNIMPLEMENTED, "spec.serve_as"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, serve_as="bad name"), C.INVALID_ARGUMENT, "spec.serve_as"),
+    ("trainer", "CreateTrainingJob", lambda w: training(w, serve_check={"prompts": 3}), C.INVALID_ARGUMENT, "spec.serve_check"),
     ("trainer", "CreateTrainingJob", lambda w: trainer_pb2.CreateTrainingJobRequest(spec=training(w).spec, labels={"Bad Key": "x"}), C.INVALID_ARGUMENT, "labels['Bad Key']"),
     ("trainer", "CreateTrainingJob", lambda w: trainer_pb2.CreateTrainingJobRequest(spec=training(w).spec, idempotency_key="has space"), C.INVALID_ARGUMENT, "idempotency_key"),
     # -- TrainerService: other unary RPCs -------------------------------------------------------

@@ -15,18 +15,11 @@ from tunesmith.core.errors import Unimplemented
 
 #: message full name -> field name -> (refused when the value satisfies this, why).
 REFUSED: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
-    "tunesmith.api.trainer.v1.TrainingJobSpec": {
-        "serve_as": (bool, "handing a finished model to the inference service is not built yet"),
-    },
-    "tunesmith.api.inference.v1.GenerateRequest": {
-        "logprobs": (bool, "token log-probabilities are not built yet"),
-    },
 }
 
 #: Whole RPCs that answer UNIMPLEMENTED (their request fields need no row above).
 UNIMPLEMENTED_RPCS: frozenset[str] = frozenset({
     "tunesmith.api.trainer.v1.TrainerService.CreateSweep",
-    "tunesmith.api.data.v1.DataService.CreateSyntheticDataJob",
 })
 
 

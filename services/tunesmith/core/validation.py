@@ -19,6 +19,8 @@ MAX_IDEMPOTENCY_KEY = 128
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: A name something is served under by the inference service (LoadModel, LoadAdapter, serve_as).
+SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
 def check_int(v: Violations, value: int, field: str, lo: int, hi: int, *, zero_means: str = "") -> None:

@@ -7,7 +7,6 @@ transformers backend serves and the reason is reported (ServedModel.backend_reas
 from __future__ import annotations
 
 import logging
-import re
 import threading
 
 from tunesmith.api.common.v1 import common_pb2
@@ -18,7 +17,7 @@ from tunesmith.core.dtypes import dtype_enum, dtype_name
 from tunesmith.core.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted,
                                    TunesmithError, Violations)
 from tunesmith.core.unimplemented import refuse_unimplemented
-from tunesmith.core.validation import check_enum, check_float, check_int, check_strings
+from tunesmith.core.validation import SERVED_NAME, check_enum, check_float, check_int, check_strings
 from tunesmith.inference.adapters import adapter_kind, check_adapter_on_base, read_adapter_config
 from tunesmith.core.records import artifact_ref
 from tunesmith.core.runtime import Runtime
@@ -45,7 +44,6 @@ _ROLES = {inference_pb2.CHAT_ROLE_SYSTEM: "system", inference_pb2.CHAT_ROLE_USER
           inference_pb2.CHAT_ROLE_ASSISTANT: "assistant", inference_pb2.CHAT_ROLE_TOOL: "tool"}
 _FINISH = {"stop": inference_pb2.FINISH_REASON_STOP, "length": inference_pb2.FINISH_REASON_LENGTH,
            "cancelled": inference_pb2.FINISH_REASON_CANCELLED}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
 def finish_reason(name: str) -> int:
@@ -107,7 +105,7 @@ def logprobs_proto(logprobs) -> list[inference_pb2.TokenLogprob]:
 
 
 def _check_name(name: str, field: str) -> None:
-    if not _NAME.match(name or ""):
+    if not SERVED_NAME.match(name or ""):
         raise InvalidArgument("is required: 1-128 characters of letters, digits, '.', '_', ':', '/', '-'", field=field)
 
 

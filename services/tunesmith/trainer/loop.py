@@ -268,7 +268,8 @@ def train(*, model_path: str, train_rows: list[dict], validation_rows: list[dict
           method_options: dict, recipe: Any, recipe_options: dict | None = None, hp: dict, output_dir: Path,
           on_event: Callable[[dict], None] = lambda e: None, should_stop: Callable[[], bool] = lambda: False,
           identity: dict | None = None, checkpoint_sink: Callable[[Path, int], None] | None = None,
-          resume_from: Path | None = None, resume_source: str = "") -> dict:
+          resume_from: Path | None = None, resume_source: str = "",
+          on_trained: Callable[[Any, Any, Path], None] | None = None) -> dict:
     """Train `model_path` with `method` (a PeftMethod) and `recipe` (a TrainingRecipe).
 
     Emits progress/metrics/log events through `on_event`; checks `should_stop` before every
@@ -276,7 +277,9 @@ def train(*, model_path: str, train_rows: list[dict], validation_rows: list[dict
     TrainingCancelled. `checkpoint_sink(folder, step)` stores a complete checkpoint folder
     (every `checkpoint_every_steps`, rank 0 only); `resume_from` is such a folder to continue
     from (CheckpointError when it is corrupt or its `identity` differs from this run's).
-    Saves with method.save() (plus the tokenizer) to ``output_dir/"output"``.
+    Saves with method.save() (plus the tokenizer) to ``output_dir/"output"``, then (rank 0 only)
+    calls ``on_trained(model, tokenizer, output folder)`` with the trained model still in memory
+    (in eval mode), e.g. to record reference answers next to what was saved.
 
     Returns a dict: output_dir, artifact_kind, train_seconds (optimizer steps only), train_tokens,
     tokens_per_second, first_train_loss, final_train_loss (mean of the last
@@ -526,6 +529,8 @@ def train(*, model_path: str, train_rows: list[dict], validation_rows: list[dict
         method.save(model, out)
         tokenizer.save_pretrained(str(out))
     accelerator.wait_for_everyone()
+    if main and on_trained is not None:
+        on_trained(model, tokenizer, out)
     secs = st["train_seconds"]
     tps = st["tokens_seen"] / secs if secs > 0 else 0.0
     window = st["step_losses"][-_FINAL_LOSS_WINDOW:]

@@ -165,6 +165,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                     from tunesmith.trainer.quality_gate import run_quality_gate
 
                     run_quality_gate(record, control, self.rt.peers.get("evaluator", ""))
+                if spec.serve_as:
+                    self._serve(record, control)
                 return
             if storage.exists(job_key(job_id, ERROR_FILE)):
                 err = WorkerError.read(storage, job_id)
@@ -183,6 +185,17 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                                               f"(killed by the OS if negative or 137: out of memory?)"
                                               + (f" after {restarts} restart(s)" if restarts else "")
                                               + f"; log tail: {tail}")
+
+    def _serve(self, record: trainer_pb2.TrainingJob, control: JobControl) -> None:
+        """The serve_as hand-off (tunesmith.trainer.handoff), unless the gate failed."""
+        from tunesmith.trainer.handoff import run_handoff, skip_serving
+
+        if record.spec.gate.enabled and not record.result.gate_passed:
+            skip_serving(record, control, f"the quality gate failed (evaluation {record.result.gate_evaluation_id}): "
+                                          f"a model that regressed is not served")
+            return
+        base_uri = self.rt.models.get(record.spec.base_model).artifact.uri
+        run_handoff(record, control, self.rt.peers.get("inference", ""), self.rt.storage, base_uri)
 
     def _worker_input(self, record: trainer_pb2.TrainingJob):
         from tunesmith.core.formats.worker import WorkerInput
@@ -203,6 +216,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             recipe=spec.recipe,
             recipe_options=self._resolved_recipe_options(spec),
             resume_from=record.latest_checkpoint.uri or spec.resume_from_checkpoint,
+            serve_check=({"prompts": spec.serve_check.prompts, "max_new_tokens": spec.serve_check.max_new_tokens}
+                         if spec.serve_as else {}),
         )
 
     def _resolved_recipe_options(self, spec: trainer_pb2.TrainingJobSpec) -> dict:

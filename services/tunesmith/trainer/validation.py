@@ -18,7 +18,7 @@ from tunesmith.core.checks import check_adapter_artifact, check_model, check_spl
 from tunesmith.core.devices import check_device
 from tunesmith.core.errors import FailedPrecondition, InvalidArgument, NotFound, TunesmithError
 from tunesmith.core.gates import DEFAULT_ALPHA, DEFAULT_TOLERANCE, SUITE_NAMES, check_gate_fields
-from tunesmith.core.validation import check_enum, check_local_path, check_struct, start_create_checks
+from tunesmith.core.validation import check_enum, check_int, check_local_path, check_struct, start_create_checks
 from tunesmith.trainer import hyperparameters
 
 #: Built-in typed method configs (the MethodSpec `config` oneof) -> the method name they configure.
@@ -153,6 +153,49 @@ def _accept_gate(spec: trainer_pb2.TrainingJobSpec, runtime) -> None:
     spec.gate.alpha = spec.gate.alpha or DEFAULT_ALPHA
 
 
+def _check_serve_fields(v, spec: trainer_pb2.TrainingJobSpec) -> None:
+    """serve_as's name and serve_check's ranges (serve_check needs serve_as)."""
+    from tunesmith.trainer.handoff import BASE_SUFFIX, MAX_MAX_NEW_TOKENS, MAX_PROMPTS, SERVED_NAME
+
+    c = spec.serve_check
+    if not spec.serve_as:
+        v.check(not spec.HasField("serve_check"), "spec.serve_check",
+                "checks the serve_as hand-off: set spec.serve_as (the name to serve the model under) or leave it unset")
+        return
+    v.check(bool(SERVED_NAME.match(spec.serve_as)), "spec.serve_as",
+            "must be 1-128 characters of letters, digits, '.', '_', ':', '/', '-', starting with a letter or digit "
+            f"(the inference service's model names), got {spec.serve_as!r}")
+    v.check(len(spec.serve_as) + len(BASE_SUFFIX) <= 128 or spec.merge, "spec.serve_as",
+            f"an adapter is served on its base, named {spec.serve_as[:20]!r}...{BASE_SUFFIX!r}; that name must fit "
+            f"in 128 characters, so serve_as may have at most {128 - len(BASE_SUFFIX)}")
+    check_int(v, c.prompts, "spec.serve_check.prompts", 1, MAX_PROMPTS, zero_means="8")
+    check_int(v, c.max_new_tokens, "spec.serve_check.max_new_tokens", 1, MAX_MAX_NEW_TOKENS, zero_means="32")
+
+
+def _accept_serve_as(spec: trainer_pb2.TrainingJobSpec, runtime, method) -> None:
+    """Defaults for serve_check; FailedPrecondition when no inference service is known;
+    InvalidArgument when the requested backend cannot serve what the method saves."""
+    from tunesmith.trainer.reference import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPTS
+
+    if not runtime.peers.get("inference"):
+        raise FailedPrecondition("serve_as hands the model to the inference service, and this trainer has no address "
+                                 "for it (set TUNESMITH_INFERENCE_ADDRESS; `tunesmith up` sets it)",
+                                 field="spec.serve_as", code="no_inference_service")
+    c = spec.serve_check
+    if c.backend:
+        runtime.registry.require("inference_backends", c.backend, "spec.serve_check.backend")
+    unmerged_adapter = method.artifact_kind != "model" and not spec.merge
+    if c.backend == "vllm" and unmerged_adapter and not method.servable_by_vllm:
+        raise InvalidArgument(f"vLLM cannot serve {method.name} adapters unmerged; set spec.merge (where the method "
+                              f"supports it), serve on the transformers backend, or leave the backend empty",
+                              field="spec.serve_check.backend")
+    if c.backend == "vllm" and unmerged_adapter and method.name == "lora" and spec.method.lora.use_dora:
+        raise InvalidArgument("vLLM cannot serve DoRA adapters unmerged; set spec.merge, serve on the transformers "
+                              "backend, or leave the backend empty", field="spec.serve_check.backend")
+    c.prompts = c.prompts or DEFAULT_PROMPTS
+    c.max_new_tokens = c.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+
+
 def accept_training_request(request: trainer_pb2.CreateTrainingJobRequest, runtime) -> trainer_pb2.TrainingJobSpec:
     """See the module docstring."""
     spec, v = start_create_checks(request)
@@ -176,6 +219,7 @@ def accept_training_request(request: trainer_pb2.CreateTrainingJobRequest, runti
     else:
         v.check(not spec.HasField("gate") or spec.gate == trainer_pb2.QualityGate(), "spec.gate.enabled",
                 "set enabled to run the gate (its other fields are set but it is off)")
+    _check_serve_fields(v, spec)
     v.raise_if_any()
 
     _check_method(spec, runtime.registry)
@@ -206,6 +250,8 @@ def accept_training_request(request: trainer_pb2.CreateTrainingJobRequest, runti
     check_reference_model(spec, runtime)
     if spec.gate.enabled:
         _accept_gate(spec, runtime)
+    if spec.serve_as:
+        _accept_serve_as(spec, runtime, method)
     dataset = runtime.datasets.get(spec.dataset_id, field="spec.dataset_id")
     spec.train_split = spec.train_split or "train"
     check_split(dataset, spec.train_split, "spec.train_split")

@@ -100,7 +100,8 @@ def _train(storage, spec, job_id: str, emit, should_stop) -> int:
                             output_dir=tmp,
                             on_event=emit, should_stop=should_stop, identity=spec.identity(),
                             checkpoint_sink=store_checkpoint, resume_from=resume_dir,
-                            resume_source=spec.resume_from)
+                            resume_source=spec.resume_from,
+                            on_trained=_reference_writer(spec, train_rows, validation_rows, emit))
         except TrainingCancelled:
             if main:
                 emit({"type": "log", "level": "info", "message": "cancelled"})
@@ -127,6 +128,30 @@ def _train(storage, spec, job_id: str, emit, should_stop) -> int:
                                          dtype=_merge_dtype(spec.hyperparameters.get("dtype")))
     WorkerResult.from_training(figures, adapter=adapter, merged_model=merged, model=model).write(storage, job_id)
     return 0
+
+
+def _reference_writer(spec, train_rows, validation_rows, emit):
+    """None without spec.serve_check; else on_trained for the loop: the serve reference of the
+    trained model on held-out prompts, written into the output folder (so it is stored with the
+    adapter, or the model)."""
+    if not spec.serve_check:
+        return None
+
+    def write(model, tokenizer, out: Path) -> None:
+        from tunesmith.trainer.reference import (DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPTS, greedy_reference,
+                                                 held_out_prompts)
+
+        n = int(spec.serve_check.get("prompts") or DEFAULT_PROMPTS)
+        prompts = held_out_prompts(validation_rows, train_rows, n)
+        reference = greedy_reference(model, tokenizer, prompts,
+                                     int(spec.serve_check.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS))
+        reference.write(out)
+        stopped = sum(1 for s in reference.samples if s.finish_reason == "stop")
+        emit({"type": "log", "level": "info",
+              "message": f"serve reference: greedy answers in peft on {len(reference.samples)} held-out prompts "
+                         f"({'validation' if validation_rows else 'training'} split; {stopped} ended by EOS)"})
+
+    return write
 
 
 def _local_models(storage, options: dict) -> dict:

@@ -5,6 +5,7 @@
     model    a model-store entry (models/<name>.json)
     report   an evaluation report artifact (report.json + outputs.jsonl)
     worker   a training job's worker files (input, result, error, event lines)
+    serve_reference  greedy answers of a trained model in peft, for the serve_as hand-off check
 
 Contracts: every file carries "format" and a "MAJOR.MINOR" "version"; each kind has one typed
 writer and one typed reader (dataclasses with to_dict/from_dict); a reader refuses an unknown

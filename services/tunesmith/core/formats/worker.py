@@ -79,6 +79,9 @@ class WorkerInput(_JobFile):
     recipe_options: dict[str, Any] = field(default_factory=dict)
     #: A checkpoint artifact URI to continue from ("" = start fresh).
     resume_from: str = ""
+    #: The serve_as hand-off: {"prompts": N, "max_new_tokens": M} asks for a serve reference
+    #: (tunesmith.core.formats.serve_reference) with the output; {} = none.
+    serve_check: dict[str, Any] = field(default_factory=dict)
     version: str = VERSION
 
     FORMAT = "tunesmith.worker-input"
@@ -110,7 +113,8 @@ class WorkerInput(_JobFile):
                        hyperparameters=dict(d.get("hyperparameters") or {}), merge=bool(d.get("merge")),
                        base_model_name=str(d.get("base_model_name") or ""), recipe=str(d.get("recipe") or "sft"),
                        recipe_options=dict(d.get("recipe_options") or {}),
-                       resume_from=str(d.get("resume_from") or ""), version=str(d["version"]))
+                       resume_from=str(d.get("resume_from") or ""),
+                       serve_check=dict(d.get("serve_check") or {}), version=str(d["version"]))
         except InvalidArgument as exc:
             raise FormatError(f"{where}: {exc}") from None
 

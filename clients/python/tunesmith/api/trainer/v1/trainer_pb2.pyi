@@ -204,7 +204,7 @@ class DpoConfig(_message.Message):
     def __init__(self, beta: _Optional[float] = ..., loss_type: _Optional[_Union[DpoLossType, str]] = ..., reference_policy: _Optional[_Union[ReferenceModelPolicy, str]] = ..., reference_model: _Optional[str] = ...) -> None: ...
 
 class TrainingJobSpec(_message.Message):
-    __slots__ = ("base_model", "dataset_id", "train_split", "validation_split", "objective", "method", "hyperparameters", "merge", "executor", "device", "num_processes", "resume_from_checkpoint", "serve_as", "dpo", "recipe", "retry", "gate")
+    __slots__ = ("base_model", "dataset_id", "train_split", "validation_split", "objective", "method", "hyperparameters", "merge", "executor", "device", "num_processes", "resume_from_checkpoint", "serve_as", "dpo", "recipe", "retry", "gate", "serve_check")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SPLIT_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +222,7 @@ class TrainingJobSpec(_message.Message):
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
     GATE_FIELD_NUMBER: _ClassVar[int]
+    SERVE_CHECK_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     dataset_id: str
     train_split: str
@@ -239,7 +240,20 @@ class TrainingJobSpec(_message.Message):
     recipe: str
     retry: RetryPolicy
     gate: QualityGate
-    def __init__(self, base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., train_split: _Optional[str] = ..., validation_split: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., method: _Optional[_Union[MethodSpec, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., merge: _Optional[bool] = ..., executor: _Optional[str] = ..., device: _Optional[str] = ..., num_processes: _Optional[int] = ..., resume_from_checkpoint: _Optional[str] = ..., serve_as: _Optional[str] = ..., dpo: _Optional[_Union[DpoConfig, _Mapping]] = ..., recipe: _Optional[str] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., gate: _Optional[_Union[QualityGate, _Mapping]] = ...) -> None: ...
+    serve_check: ServeCheck
+    def __init__(self, base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., train_split: _Optional[str] = ..., validation_split: _Optional[str] = ..., objective: _Optional[_Union[Objective, str]] = ..., method: _Optional[_Union[MethodSpec, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., merge: _Optional[bool] = ..., executor: _Optional[str] = ..., device: _Optional[str] = ..., num_processes: _Optional[int] = ..., resume_from_checkpoint: _Optional[str] = ..., serve_as: _Optional[str] = ..., dpo: _Optional[_Union[DpoConfig, _Mapping]] = ..., recipe: _Optional[str] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., gate: _Optional[_Union[QualityGate, _Mapping]] = ..., serve_check: _Optional[_Union[ServeCheck, _Mapping]] = ...) -> None: ...
+
+class ServeCheck(_message.Message):
+    __slots__ = ("prompts", "max_new_tokens", "strict", "backend")
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STRICT_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    prompts: int
+    max_new_tokens: int
+    strict: bool
+    backend: str
+    def __init__(self, prompts: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., strict: _Optional[bool] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class QualityGate(_message.Message):
     __slots__ = ("enabled", "suites", "tolerance", "alpha", "max_rows")
@@ -297,7 +311,7 @@ class CreateTrainingJobRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class TrainingResult(_message.Message):
-    __slots__ = ("adapter", "merged_model", "checkpoints", "train_seconds", "train_tokens", "tokens_per_second", "final_train_loss", "first_train_loss", "best_validation_loss", "steps", "trainable_parameters", "total_parameters", "peak_memory_bytes", "stopped_early", "model", "final_metrics", "gate_evaluation_id", "gate_passed")
+    __slots__ = ("adapter", "merged_model", "checkpoints", "train_seconds", "train_tokens", "tokens_per_second", "final_train_loss", "first_train_loss", "best_validation_loss", "steps", "trainable_parameters", "total_parameters", "peak_memory_bytes", "stopped_early", "model", "final_metrics", "gate_evaluation_id", "gate_passed", "served_model", "served_base", "serve_check")
     class FinalMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -323,6 +337,9 @@ class TrainingResult(_message.Message):
     FINAL_METRICS_FIELD_NUMBER: _ClassVar[int]
     GATE_EVALUATION_ID_FIELD_NUMBER: _ClassVar[int]
     GATE_PASSED_FIELD_NUMBER: _ClassVar[int]
+    SERVED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    SERVED_BASE_FIELD_NUMBER: _ClassVar[int]
+    SERVE_CHECK_FIELD_NUMBER: _ClassVar[int]
     adapter: _common_pb2.ArtifactRef
     merged_model: _common_pb2.ArtifactRef
     checkpoints: _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]
@@ -341,7 +358,48 @@ class TrainingResult(_message.Message):
     final_metrics: _containers.ScalarMap[str, float]
     gate_evaluation_id: str
     gate_passed: bool
-    def __init__(self, adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., merged_model: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., checkpoints: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., train_seconds: _Optional[float] = ..., train_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., final_train_loss: _Optional[float] = ..., first_train_loss: _Optional[float] = ..., best_validation_loss: _Optional[float] = ..., steps: _Optional[int] = ..., trainable_parameters: _Optional[int] = ..., total_parameters: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., stopped_early: _Optional[bool] = ..., model: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., gate_evaluation_id: _Optional[str] = ..., gate_passed: _Optional[bool] = ...) -> None: ...
+    served_model: str
+    served_base: str
+    serve_check: ServeCheckResult
+    def __init__(self, adapter: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., merged_model: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., checkpoints: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., train_seconds: _Optional[float] = ..., train_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., final_train_loss: _Optional[float] = ..., first_train_loss: _Optional[float] = ..., best_validation_loss: _Optional[float] = ..., steps: _Optional[int] = ..., trainable_parameters: _Optional[int] = ..., total_parameters: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., stopped_early: _Optional[bool] = ..., model: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., gate_evaluation_id: _Optional[str] = ..., gate_passed: _Optional[bool] = ..., served_model: _Optional[str] = ..., served_base: _Optional[str] = ..., serve_check: _Optional[_Union[ServeCheckResult, _Mapping]] = ...) -> None: ...
+
+class ServeMismatch(_message.Message):
+    __slots__ = ("prompt", "expected", "got", "expected_tokens", "got_tokens", "expected_finish", "got_finish")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    GOT_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    GOT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FINISH_FIELD_NUMBER: _ClassVar[int]
+    GOT_FINISH_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    expected: str
+    got: str
+    expected_tokens: int
+    got_tokens: int
+    expected_finish: str
+    got_finish: str
+    def __init__(self, prompt: _Optional[str] = ..., expected: _Optional[str] = ..., got: _Optional[str] = ..., expected_tokens: _Optional[int] = ..., got_tokens: _Optional[int] = ..., expected_finish: _Optional[str] = ..., got_finish: _Optional[str] = ...) -> None: ...
+
+class ServeCheckResult(_message.Message):
+    __slots__ = ("agreement_rate", "prompts_compared", "prompts_agreed", "mismatches", "eos_ok", "warnings", "backend", "passed")
+    AGREEMENT_RATE_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_COMPARED_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_AGREED_FIELD_NUMBER: _ClassVar[int]
+    MISMATCHES_FIELD_NUMBER: _ClassVar[int]
+    EOS_OK_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    agreement_rate: float
+    prompts_compared: int
+    prompts_agreed: int
+    mismatches: _containers.RepeatedCompositeFieldContainer[ServeMismatch]
+    eos_ok: bool
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    backend: str
+    passed: bool
+    def __init__(self, agreement_rate: _Optional[float] = ..., prompts_compared: _Optional[int] = ..., prompts_agreed: _Optional[int] = ..., mismatches: _Optional[_Iterable[_Union[ServeMismatch, _Mapping]]] = ..., eos_ok: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., passed: _Optional[bool] = ...) -> None: ...
 
 class TrainingCurves(_message.Message):
     __slots__ = ("train_loss", "validation_loss")
