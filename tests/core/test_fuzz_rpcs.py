@@ -812,7 +812,7 @@ def request_strategy(w: World, fuzz: Fuzz, rpc_id: str, method) -> st.SearchStra
 #: Create RPC -> (service, the Get RPC of what it creates).
 CREATES_JOB = {"CreateTrainingJob": ("trainer", "GetTrainingJob"), "CreateMergeJob": ("trainer", "GetMergeJob"),
                "CreateModelImportJob": ("trainer", "GetModelImportJob"),
-               "CreateEvaluation": ("evaluator", "GetEvaluation")}
+               "CreateEvaluation": ("evaluator", "GetEvaluation"), "CreateSyntheticDataJob": ("data", "GetDataJob")}
 
 
 def call(w: World, service: str, method, request) -> grpc.StatusCode:

@@ -205,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--base-model", default="smollm2-135m-instruct", help="model-store name of the base model")
     d.add_argument("--base-port", type=int, default=0, help="start services on base..base+3 (default 50051-50054)")
     d.set_defaults(func=cmd_demo)
+    __import__("tunesmith.cli.synth", fromlist=["add_parser"]).add_parser(sub)  # `tunesmith synth`
     return p
 
 

@@ -17,10 +17,9 @@ from urllib.parse import unquote, urlparse
 
 from google.protobuf import json_format
 
-from tunesmith.api.common.v1 import common_pb2
 from tunesmith.api.data.v1 import data_pb2, data_pb2_grpc
 from tunesmith.core.checks import check_model
-from tunesmith.core.errors import InvalidArgument, NotFound, TunesmithError, Unimplemented, Violations
+from tunesmith.core.errors import InvalidArgument, NotFound, TunesmithError, Violations
 from tunesmith.core.validation import check_enum, check_int, check_local_path, check_struct
 from tunesmith.core.records import RecordStore, artifact_ref, paginate
 from tunesmith.core.runtime import Runtime
@@ -90,6 +89,9 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         self.datasets = RecordStore(runtime.storage, "datasets", data_pb2.Dataset, noun="dataset")
         self._tokenizers: dict[str, object] = {}
         self._tok_lock = threading.Lock()
+        from tunesmith.data.synthetic import SyntheticJobs
+
+        self.synthetic = SyntheticJobs(self)
 
     # -- helpers ---------------------------------------------------------------------------
     def _tokenizer(self, model: str):
@@ -101,8 +103,9 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             return self._tokenizers[model]
 
     def _register(self, source: Path, filename: str, spec: data_pb2.DatasetSpec,
-                  pspec) -> data_pb2.RegisterDatasetResponse:
-        """Read, prepare and store `source`; `pspec` is accept_dataset_spec's checked PrepareSpec."""
+                  pspec, synthetic: data_pb2.SyntheticProvenance | None = None) -> data_pb2.RegisterDatasetResponse:
+        """Read, prepare and store `source`; `pspec` is accept_dataset_spec's checked PrepareSpec;
+        `synthetic` goes on the record of a dataset a synthetic-data job generated."""
         from tunesmith.core.formats.dataset import store_prepared
         from tunesmith.data.prepare import prepare
         from tunesmith.data.readers import read_rows
@@ -125,6 +128,8 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
                               labels=prepared.labels,
                               statistics=statistics_proto(prepared.statistics, tokenizer_model))
         ds.created_at.GetCurrentTime()
+        if synthetic is not None:
+            ds.synthetic.CopyFrom(synthetic)
         for name, examples in prepared.splits.items():
             ds.splits.add(name=name, rows=len(examples), artifact=artifact_ref(art))
         self.datasets.put(ds.id, ds)  # last: the dataset exists only once everything is stored
@@ -261,17 +266,23 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         return out
 
     def CreateSyntheticDataJob(self, request, context):
-        raise Unimplemented("synthetic data generation is on the roadmap (data service in depth), not built yet")
+        from tunesmith.data.synthetic_validation import accept_synthetic_request, load_inputs, served_model
+
+        spec = accept_synthetic_request(request)
+        served_model(self.rt, spec.model)
+        load_inputs(spec, self.rt, self.datasets)  # the documents exist and are UTF-8 text; the seeds exist
+        record = data_pb2.SyntheticDataJob(spec=spec)
+        return self.synthetic.manager.create(record, request.idempotency_key, dict(request.labels))
 
     def GetDataJob(self, request, context):
-        raise NotFound(f"no data job with id {request.job_id!r}", field="job_id")
+        return self.synthetic.manager.get(request.job_id)
 
     def CancelDataJob(self, request, context):
-        raise NotFound(f"no data job with id {request.job_id!r}", field="job_id")
+        return self.synthetic.manager.cancel(request.job_id)
 
     def StreamDataJobEvents(self, request, context):
-        raise NotFound(f"no data job with id {request.job_id!r}", field="job_id")
-        yield common_pb2.JobEvent()  # pragma: no cover - makes this a generator
+        yield from self.synthetic.manager.events(request.job_id, request.from_sequence, request.follow,
+                                                 alive=context.is_active)
 
 
 def add_to_server(servicer, server) -> None:

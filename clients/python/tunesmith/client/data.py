@@ -179,21 +179,34 @@ class DataClient(BaseClient):
     @translate_errors
     def create_synthetic_data_job(
         self,
-        request: data_pb2.CreateSyntheticDataJobRequest | Mapping[str, Any],
+        request: data_pb2.CreateSyntheticDataJobRequest | data_pb2.SyntheticDataSpec | Mapping[str, Any],
         *,
+        idempotency_key: str = "",
         timeout: float | None = None,
-    ) -> common_pb2.Job:
-        """Start a synthetic-data job (returns at once); follow it with `events`."""
-        message = coerce(request, data_pb2.CreateSyntheticDataJobRequest, "request")
+    ) -> data_pb2.SyntheticDataJob:
+        """Start a synthetic-data job (returns at once; refused at once, naming the field, when
+        the request is bad or the model is not READY on the inference service); follow it with
+        `events` or `wait_job`. `request` is a CreateSyntheticDataJobRequest, a SyntheticDataSpec
+        or a dict of either in protobuf JSON form, e.g. {"document_uris": [...], "model":
+        "writer", "seed_examples": [{"instruction": ..., "response": ...}]}. Once it succeeds,
+        `job.result.dataset_id` is the registered dataset."""
+        if isinstance(request, data_pb2.SyntheticDataSpec):
+            message = data_pb2.CreateSyntheticDataJobRequest(spec=request)
+        elif isinstance(request, Mapping) and "spec" not in request:
+            message = data_pb2.CreateSyntheticDataJobRequest(spec=coerce(request, data_pb2.SyntheticDataSpec, "request"))
+        else:
+            message = coerce(request, data_pb2.CreateSyntheticDataJobRequest, "request")
+        if idempotency_key:
+            message.idempotency_key = idempotency_key
         return self._stub.CreateSyntheticDataJob(message, timeout=self._deadline(timeout))
 
     @translate_errors
-    def get_job(self, job_id: str, *, timeout: float | None = None) -> common_pb2.Job:
-        """A synthetic-data job by id."""
+    def get_job(self, job_id: str, *, timeout: float | None = None) -> data_pb2.SyntheticDataJob:
+        """A synthetic-data job by id (state, spec with defaults filled in, result counts)."""
         return self._stub.GetDataJob(common_pb2.GetJobRequest(job_id=job_id), timeout=self._deadline(timeout))
 
     @translate_errors
-    def cancel_job(self, job_id: str, *, timeout: float | None = None) -> common_pb2.Job:
+    def cancel_job(self, job_id: str, *, timeout: float | None = None) -> data_pb2.SyntheticDataJob:
         """Ask a synthetic-data job to stop; returns its state after the request."""
         return self._stub.CancelDataJob(common_pb2.CancelJobRequest(job_id=job_id), timeout=self._deadline(timeout))
 
@@ -205,7 +218,7 @@ class DataClient(BaseClient):
         No deadline unless `timeout` is given. Closing the iterator cancels the stream."""
         yield from self._follow(self._stub.StreamDataJobEvents, job_id, from_sequence, follow, timeout)
 
-    def wait_job(self, job_id: str, *, timeout: float | None = None) -> common_pb2.Job:
+    def wait_job(self, job_id: str, *, timeout: float | None = None) -> data_pb2.SyntheticDataJob:
         """Block until the job ends and return it (DeadlineExceededError after `timeout` s)."""
         return self._wait_job(self.get_job, self.events, job_id, timeout)
 

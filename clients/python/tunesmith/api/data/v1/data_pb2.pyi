@@ -142,7 +142,7 @@ class Split(_message.Message):
     def __init__(self, name: _Optional[str] = ..., rows: _Optional[int] = ..., artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
 
 class Dataset(_message.Message):
-    __slots__ = ("id", "name", "spec", "splits", "artifact", "source", "created_at", "statistics", "labels")
+    __slots__ = ("id", "name", "spec", "splits", "artifact", "source", "created_at", "statistics", "labels", "synthetic")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +152,7 @@ class Dataset(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     STATISTICS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    SYNTHETIC_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     spec: DatasetSpec
@@ -161,7 +162,8 @@ class Dataset(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     statistics: DatasetStatistics
     labels: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., spec: _Optional[_Union[DatasetSpec, _Mapping]] = ..., splits: _Optional[_Iterable[_Union[Split, _Mapping]]] = ..., artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., source: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., statistics: _Optional[_Union[DatasetStatistics, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
+    synthetic: SyntheticProvenance
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., spec: _Optional[_Union[DatasetSpec, _Mapping]] = ..., splits: _Optional[_Iterable[_Union[Split, _Mapping]]] = ..., artifact: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., source: _Optional[_Union[_common_pb2.ArtifactRef, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., statistics: _Optional[_Union[DatasetStatistics, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., synthetic: _Optional[_Union[SyntheticProvenance, _Mapping]] = ...) -> None: ...
 
 class GetDatasetRequest(_message.Message):
     __slots__ = ("dataset_id",)
@@ -305,17 +307,173 @@ class RenderTemplateResponse(_message.Message):
     def __init__(self, examples: _Optional[_Iterable[_Union[Example, _Mapping]]] = ...) -> None: ...
 
 class CreateSyntheticDataJobRequest(_message.Message):
-    __slots__ = ("document_uris", "model", "examples_per_document", "seed", "idempotency_key", "output_spec")
+    __slots__ = ("spec", "idempotency_key", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    spec: SyntheticDataSpec
+    idempotency_key: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, spec: _Optional[_Union[SyntheticDataSpec, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class SyntheticDataSpec(_message.Message):
+    __slots__ = ("document_uris", "document_dataset", "seed_examples", "seed_dataset_id", "model", "examples_per_document", "chunk_chars", "demonstrations", "sampling", "filters", "dataset_name", "split")
     DOCUMENT_URIS_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_DATASET_FIELD_NUMBER: _ClassVar[int]
+    SEED_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SEED_DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_PER_DOCUMENT_FIELD_NUMBER: _ClassVar[int]
-    SEED_FIELD_NUMBER: _ClassVar[int]
-    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
-    OUTPUT_SPEC_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_CHARS_FIELD_NUMBER: _ClassVar[int]
+    DEMONSTRATIONS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    DATASET_NAME_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
     document_uris: _containers.RepeatedScalarFieldContainer[str]
+    document_dataset: DocumentDataset
+    seed_examples: _containers.RepeatedCompositeFieldContainer[SeedExample]
+    seed_dataset_id: str
     model: str
     examples_per_document: int
+    chunk_chars: int
+    demonstrations: int
+    sampling: SyntheticSampling
+    filters: SyntheticFilters
+    dataset_name: str
+    split: SplitSpec
+    def __init__(self, document_uris: _Optional[_Iterable[str]] = ..., document_dataset: _Optional[_Union[DocumentDataset, _Mapping]] = ..., seed_examples: _Optional[_Iterable[_Union[SeedExample, _Mapping]]] = ..., seed_dataset_id: _Optional[str] = ..., model: _Optional[str] = ..., examples_per_document: _Optional[int] = ..., chunk_chars: _Optional[int] = ..., demonstrations: _Optional[int] = ..., sampling: _Optional[_Union[SyntheticSampling, _Mapping]] = ..., filters: _Optional[_Union[SyntheticFilters, _Mapping]] = ..., dataset_name: _Optional[str] = ..., split: _Optional[_Union[SplitSpec, _Mapping]] = ...) -> None: ...
+
+class DocumentDataset(_message.Message):
+    __slots__ = ("dataset_id", "split", "text_field")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    split: str
+    text_field: str
+    def __init__(self, dataset_id: _Optional[str] = ..., split: _Optional[str] = ..., text_field: _Optional[str] = ...) -> None: ...
+
+class SeedExample(_message.Message):
+    __slots__ = ("instruction", "input", "response")
+    INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    instruction: str
+    input: str
+    response: str
+    def __init__(self, instruction: _Optional[str] = ..., input: _Optional[str] = ..., response: _Optional[str] = ...) -> None: ...
+
+class SyntheticSampling(_message.Message):
+    __slots__ = ("max_new_tokens", "temperature", "top_p", "seed", "repetition_penalty")
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    REPETITION_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    max_new_tokens: int
+    temperature: float
+    top_p: float
     seed: int
-    idempotency_key: str
-    output_spec: DatasetSpec
-    def __init__(self, document_uris: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., examples_per_document: _Optional[int] = ..., seed: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., output_spec: _Optional[_Union[DatasetSpec, _Mapping]] = ...) -> None: ...
+    repetition_penalty: float
+    def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., repetition_penalty: _Optional[float] = ...) -> None: ...
+
+class SyntheticFilters(_message.Message):
+    __slots__ = ("min_instruction_chars", "min_response_chars", "max_rouge_l", "keep_truncated", "allow_statements", "allow_off_topic")
+    MIN_INSTRUCTION_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MIN_RESPONSE_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROUGE_L_FIELD_NUMBER: _ClassVar[int]
+    KEEP_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_STATEMENTS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_OFF_TOPIC_FIELD_NUMBER: _ClassVar[int]
+    min_instruction_chars: int
+    min_response_chars: int
+    max_rouge_l: float
+    keep_truncated: bool
+    allow_statements: bool
+    allow_off_topic: bool
+    def __init__(self, min_instruction_chars: _Optional[int] = ..., min_response_chars: _Optional[int] = ..., max_rouge_l: _Optional[float] = ..., keep_truncated: _Optional[bool] = ..., allow_statements: _Optional[bool] = ..., allow_off_topic: _Optional[bool] = ...) -> None: ...
+
+class SyntheticDataResult(_message.Message):
+    __slots__ = ("dataset_id", "documents", "chunks", "candidates", "kept", "filtered", "generate_seconds", "completion_tokens", "backend")
+    class FilteredEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    FILTERED_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    documents: int
+    chunks: int
+    candidates: int
+    kept: int
+    filtered: _containers.ScalarMap[str, int]
+    generate_seconds: float
+    completion_tokens: int
+    backend: str
+    def __init__(self, dataset_id: _Optional[str] = ..., documents: _Optional[int] = ..., chunks: _Optional[int] = ..., candidates: _Optional[int] = ..., kept: _Optional[int] = ..., filtered: _Optional[_Mapping[str, int]] = ..., generate_seconds: _Optional[float] = ..., completion_tokens: _Optional[int] = ..., backend: _Optional[str] = ...) -> None: ...
+
+class SyntheticDataJob(_message.Message):
+    __slots__ = ("job", "spec", "result")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    job: _common_pb2.Job
+    spec: SyntheticDataSpec
+    result: SyntheticDataResult
+    def __init__(self, job: _Optional[_Union[_common_pb2.Job, _Mapping]] = ..., spec: _Optional[_Union[SyntheticDataSpec, _Mapping]] = ..., result: _Optional[_Union[SyntheticDataResult, _Mapping]] = ...) -> None: ...
+
+class SyntheticProvenance(_message.Message):
+    __slots__ = ("job_id", "model", "backend", "sampling", "filters", "examples_per_document", "chunk_chars", "demonstrations", "prompt_template_version", "documents", "seeds", "result")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_PER_DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_CHARS_FIELD_NUMBER: _ClassVar[int]
+    DEMONSTRATIONS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TEMPLATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    SEEDS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    model: str
+    backend: str
+    sampling: SyntheticSampling
+    filters: SyntheticFilters
+    examples_per_document: int
+    chunk_chars: int
+    demonstrations: int
+    prompt_template_version: str
+    documents: _containers.RepeatedCompositeFieldContainer[SyntheticDocument]
+    seeds: int
+    result: SyntheticDataResult
+    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., sampling: _Optional[_Union[SyntheticSampling, _Mapping]] = ..., filters: _Optional[_Union[SyntheticFilters, _Mapping]] = ..., examples_per_document: _Optional[int] = ..., chunk_chars: _Optional[int] = ..., demonstrations: _Optional[int] = ..., prompt_template_version: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[SyntheticDocument, _Mapping]]] = ..., seeds: _Optional[int] = ..., result: _Optional[_Union[SyntheticDataResult, _Mapping]] = ...) -> None: ...
+
+class SyntheticDocument(_message.Message):
+    __slots__ = ("source", "sha256", "chunks")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    sha256: str
+    chunks: int
+    def __init__(self, source: _Optional[str] = ..., sha256: _Optional[str] = ..., chunks: _Optional[int] = ...) -> None: ...

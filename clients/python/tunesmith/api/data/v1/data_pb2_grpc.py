@@ -83,17 +83,17 @@ class DataServiceStub:
         self.CreateSyntheticDataJob = channel.unary_unary(
                 '/tunesmith.api.data.v1.DataService/CreateSyntheticDataJob',
                 request_serializer=tunesmith_dot_api_dot_data_dot_v1_dot_data__pb2.CreateSyntheticDataJobRequest.SerializeToString,
-                response_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.Job.FromString,
+                response_deserializer=tunesmith_dot_api_dot_data_dot_v1_dot_data__pb2.SyntheticDataJob.FromString,
                 _registered_method=True)
         self.GetDataJob = channel.unary_unary(
                 '/tunesmith.api.data.v1.DataService/GetDataJob',
                 request_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.GetJobRequest.SerializeToString,
-                response_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.Job.FromString,
+                response_deserializer=tunesmith_dot_api_dot_data_dot_v1_dot_data__pb2.SyntheticDataJob.FromString,
                 _registered_method=True)
         self.CancelDataJob = channel.unary_unary(
                 '/tunesmith.api.data.v1.DataService/CancelDataJob',
                 request_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.CancelJobRequest.SerializeToString,
-                response_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.Job.FromString,
+                response_deserializer=tunesmith_dot_api_dot_data_dot_v1_dot_data__pb2.SyntheticDataJob.FromString,
                 _registered_method=True)
         self.StreamDataJobEvents = channel.unary_stream(
                 '/tunesmith.api.data.v1.DataService/StreamDataJobEvents',
@@ -165,8 +165,15 @@ class DataServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateSyntheticDataJob(self, request, context):
-        """Synthetic instruction data from documents (the Alpaca technique), as a job.
-        Not built yet: UNIMPLEMENTED. The data job RPCs below answer NOT_FOUND until it is.
+        """Synthetic instruction data from documents (the Alpaca / self-instruct technique), as a job
+        (kind "synthetic_data"). A served model on the InferenceService writes an instruction about
+        each chunk of the documents, with seed examples as demonstrations, then answers it with the
+        chunk as context. The pairs are filtered (format, cut answers, refusals, too short,
+        duplicates, ROUGE-L similarity to the seeds and to pairs already kept) and the survivors are
+        registered as an ALPACA dataset like RegisterDataset registers one; its record carries the
+        generation settings and filter counts (Dataset.synthetic). A failed or cancelled job
+        registers nothing. Every field is checked, and the model must be READY on the inference
+        service, before the job is created.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -241,17 +248,17 @@ def add_DataServiceServicer_to_server(servicer, server):
             'CreateSyntheticDataJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSyntheticDataJob,
                     request_deserializer=tunesmith_dot_api_dot_data_dot_v1_dot_data__pb2.CreateSyntheticDataJobRequest.FromString,
-                    response_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.Job.SerializeToString,
+                    response_serializer=tunesmith_dot_api_dot_data_dot_v1_dot_data__pb2.SyntheticDataJob.SerializeToString,
             ),
             'GetDataJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDataJob,
                     request_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.GetJobRequest.FromString,
-                    response_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.Job.SerializeToString,
+                    response_serializer=tunesmith_dot_api_dot_data_dot_v1_dot_data__pb2.SyntheticDataJob.SerializeToString,
             ),
             'CancelDataJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelDataJob,
                     request_deserializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.CancelJobRequest.FromString,
-                    response_serializer=tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.Job.SerializeToString,
+                    response_serializer=tunesmith_dot_api_dot_data_dot_v1_dot_data__pb2.SyntheticDataJob.SerializeToString,
             ),
             'StreamDataJobEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamDataJobEvents,
@@ -528,7 +535,7 @@ class DataService:
             target,
             '/tunesmith.api.data.v1.DataService/CreateSyntheticDataJob',
             tunesmith_dot_api_dot_data_dot_v1_dot_data__pb2.CreateSyntheticDataJobRequest.SerializeToString,
-            tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.Job.FromString,
+            tunesmith_dot_api_dot_data_dot_v1_dot_data__pb2.SyntheticDataJob.FromString,
             options,
             channel_credentials,
             insecure,
@@ -555,7 +562,7 @@ class DataService:
             target,
             '/tunesmith.api.data.v1.DataService/GetDataJob',
             tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.GetJobRequest.SerializeToString,
-            tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.Job.FromString,
+            tunesmith_dot_api_dot_data_dot_v1_dot_data__pb2.SyntheticDataJob.FromString,
             options,
             channel_credentials,
             insecure,
@@ -582,7 +589,7 @@ class DataService:
             target,
             '/tunesmith.api.data.v1.DataService/CancelDataJob',
             tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.CancelJobRequest.SerializeToString,
-            tunesmith_dot_api_dot_common_dot_v1_dot_common__pb2.Job.FromString,
+            tunesmith_dot_api_dot_data_dot_v1_dot_data__pb2.SyntheticDataJob.FromString,
             options,
             channel_credentials,
             insecure,
