@@ -1,4 +1,4 @@
-"""Built-in inference backend "transformers": batched `generate` with left padding, any device.
+"""Built-in inference backend "transformers": a batching queue over left-padded `generate`, any device.
 
 Also holds the small helpers both built-in backends share (prompt rendering, stop strings,
 sampling checks, the TextStream handle); inference_vllm imports them from here.
@@ -12,6 +12,7 @@ import itertools
 import os
 import queue
 import threading
+import weakref
 from typing import Any, Callable, Iterator, Sequence
 
 from tunesmith.core.contracts import Generation, LogLikelihood, PromptInput, Sampling
@@ -118,10 +119,13 @@ class TextStream:
     """The iterator stream() returns: yields text deltas; close() (or breaking out of a for
     loop and dropping it) cancels generation. Once exhausted, `generation` holds the whole
     result (text, token counts, finish_reason) for usage reporting; it is None before that.
+    With Sampling.logprobs set, `logprobs` grows with each token's TokenLogprob (those of a
+    delta are there when it is yielded).
     """
 
     def __init__(self, gen_factory: Callable[["TextStream"], Iterator[str]]):
         self.generation: Generation | None = None
+        self.logprobs: list = []
         self._gen = gen_factory(self)
 
     def __iter__(self) -> "TextStream":
@@ -260,9 +264,122 @@ def truncate_loglikelihood_input(ctx: list[int], cont: list[int], max_len: int) 
     return kept, len(kept) - len(cont)
 
 
+# --- the transformers backend's batching queue ------------------------------------------------
+class _Request:
+    """What the rows of one generate() or stream() call share: sampling, adapter, batch key."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, sampling: Sampling, adapter: str | None):
+        self.sampling = sampling
+        self.adapter = adapter or None
+        self.id = next(self._ids)
+        self.batches = 0  # batches started with rows of this request (seeded sampling: the seed's offset)
+        self.key = batch_key(sampling, adapter, self.id)
+
+
+def batch_key(sampling: Sampling, adapter: str | None, request_id: int) -> tuple:
+    """Rows whose keys are equal may share one model.generate call (see TransformersModel).
+
+    Greedy rows: the adapter and repetition_penalty. Sampled rows: the adapter and every
+    sampling setting but max_new_tokens and the stop strings; a seeded sampled row batches only
+    with rows of its own request, so that a seed reproduces whatever else is being served."""
+    if sampling.temperature < GREEDY_TEMPERATURE:
+        return (adapter or "", "greedy", sampling.repetition_penalty)
+    key: tuple = (adapter or "", "sample", sampling.temperature, sampling.top_p, sampling.top_k,
+                  sampling.repetition_penalty)
+    return key + (("seed", request_id),) if sampling.seed else key
+
+
+class _Row:
+    """One prompt in the queue: its ids, its token limit, and where its output goes.
+
+    The worker thread is the only writer of tokens/scanner/done; the caller reads `out`: text
+    deltas (stream rows only), then one final item, a Generation or an exception."""
+
+    def __init__(self, request: _Request, ids: list[int], limit: int, stream: bool):
+        self.request = request
+        self.ids = ids
+        self.limit = limit
+        self.stream = stream
+        self.cancel = threading.Event()
+        self.out: queue.SimpleQueue = queue.SimpleQueue()
+        self.tokens: list[int] = []
+        # Text is decoded per token only where someone needs it: streams and stop strings.
+        self.decode = stream or bool(request.sampling.stop)
+        self.scanner = StopScanner(request.sampling.stop)
+        self.print_len = 0  # characters of the decoded text already fed to the scanner
+        self.done = False
+
+
+class _Scheduler:
+    """The queue the batch worker serves, and its statistics (guarded by `cv`)."""
+
+    def __init__(self) -> None:
+        self.cv = threading.Condition()
+        self.pending: list[_Row] = []
+        self.running: list[_Row] = []
+        self.closing = False
+        self.gone = False  # the model was garbage-collected without close()
+        self.thread: threading.Thread | None = None
+        self.stats = {"requests": 0, "rows": 0, "batches": 0, "max_batch_rows": 0, "last_batch_rows": 0,
+                      "tokens": 0, "rows_cancelled": 0, "cancelled_tokens": 0}
+
+    def model_gone(self) -> None:
+        with self.cv:
+            self.gone = True
+            self.cv.notify_all()
+
+
+def _batch_worker(sched: _Scheduler, model_ref: Any) -> None:
+    """The one thread that runs generation: takes a batch of compatible rows, runs it, repeats.
+
+    Holds the model only through a weak reference while idle, so a model dropped without
+    close() is still freed (and this thread ends)."""
+    while True:
+        with sched.cv:
+            while not sched.pending and not sched.closing and not sched.gone:
+                sched.cv.wait()
+            if sched.closing or sched.gone:
+                return
+            model = model_ref()
+            if model is None:
+                return
+            batch = model._take_batch()
+            sched.running = batch
+        try:
+            if batch:
+                model._run_batch(batch)
+        except BaseException as exc:  # noqa: BLE001 - every row of the batch must hear of it
+            for row in batch:
+                if not row.done:
+                    model._end_row(row, error=exc)
+        finally:
+            with sched.cv:
+                sched.running = []
+            del model
+
+
 # --- the transformers backend ---------------------------------------------------------------
 class TransformersModel:
-    """A causal LM loaded with transformers. One lock serialises all use of the model."""
+    """A causal LM loaded with transformers, served by a batching queue.
+
+    generate() and stream() put one row per prompt in a queue and wait for their own results;
+    one worker thread owns the model. It takes the oldest waiting row and every other waiting
+    row that is compatible with it (same batch_key: same adapter and, for sampled rows, the same
+    temperature, top_p, top_k and repetition_penalty; a seeded sampled row only with rows of its
+    own request, so a seed reproduces; max_new_tokens and stop strings may differ), up to
+    max_batch_size rows (and only while the longest prompt plus the largest token limit fits
+    max_model_len), and runs ONE left-padded model.generate for them. Each row stops on its own:
+    its EOS, its max_new_tokens, its stop string, or its cancellation (closing its stream); its
+    text deltas go to its own queue as they are decoded, and its result is handed out as soon as
+    it stops. Rows arriving while a batch runs wait for the next batch: this is static batching
+    between requests; continuous batching (rows joining a running batch) is vLLM's job.
+
+    peft's active adapter is global model state, so the worker, loglikelihood() and adapter
+    loading share one lock; generation requests from different clients still share batches.
+    stats() reports what the queue has done (batches run, their largest size, cancellations).
+    """
 
     backend = "transformers"
 
@@ -303,6 +420,8 @@ class TransformersModel:
         self._adapters: dict[str, str] = {}
         self._adapter_ids = itertools.count(1)
         self._closed = False
+        self._sched = _Scheduler()
+        weakref.finalize(self, self._sched.model_gone)
 
     # -- adapters ------------------------------------------------------------------------------
     def load_adapter(self, name: str, adapter_dir: str) -> None:
@@ -389,23 +508,15 @@ class TransformersModel:
             kw.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
         else:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if sampling.stop:
-            kw.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
         return kw
 
-    def _seed(self, sampling: Sampling) -> None:
-        if sampling.temperature >= GREEDY_TEMPERATURE and sampling.seed:
-            import torch
-
-            torch.manual_seed(sampling.seed)
-
     def _finish(self, prompt_len: int, new_ids: list[int], limit: int, stops: Sequence[str]) -> Generation:
-        """Build a Generation from the generated ids of one row (padding removed here)."""
+        """Build a Generation from the generated ids of one row (trailing padding removed)."""
         n = len(new_ids)
         eos_at = next((i for i, t in enumerate(new_ids) if t in self.eos_ids), -1)
         if eos_at >= 0:
             n = eos_at + 1  # count the eos token, as vLLM does
-        elif self.pad_id is not None:  # a row stopped by a stop string is padded to the batch's end
+        elif self.pad_id is not None:
             while n > 0 and new_ids[n - 1] == self.pad_id:
                 n -= 1
         text = self.tokenizer.decode(new_ids[:eos_at if eos_at >= 0 else n], skip_special_tokens=True)
@@ -416,132 +527,230 @@ class TransformersModel:
             reason = "length" if n >= limit else "stop"
         return Generation(text=text, prompt_tokens=prompt_len, completion_tokens=n, finish_reason=reason)
 
-    def generate(self, prompts: Sequence[PromptInput], sampling: Sampling, *,
-                 adapter: str | None = None) -> list[Generation]:
-        """Generate for all prompts, in batches of max_batch_size (prompts of similar length
-        share a batch), left-padded. Results come back in prompt order."""
-        import torch
+    def stats(self) -> dict[str, int]:
+        """What the batching queue has done since the model was loaded (a snapshot):
 
-        check_sampling(sampling)
-        encoded = [self._encode(p, sampling) for p in prompts]
-        order = sorted(range(len(encoded)), key=lambda i: (encoded[i][1], len(encoded[i][0])))
-        results: list[Generation | None] = [None] * len(encoded)
-        with self._lock:
+        requests / rows: generate() and stream() calls queued, and their prompts; batches: the
+        model.generate calls run for them; max_batch_rows / last_batch_rows: rows in the largest
+        and in the latest batch; tokens: tokens generated for rows (not counting the padding
+        of rows that stopped before their batch did); rows_cancelled: rows stopped because their
+        stream was closed (or the model was), cancelled_tokens: the tokens those rows had
+        generated; queued / running: rows waiting now, rows in the batch running now."""
+        sched = self._sched
+        with sched.cv:
+            return dict(sched.stats, queued=len(sched.pending), running=len(sched.running))
+
+    def _enqueue(self, rows: list[_Row]) -> None:
+        sched = self._sched
+        with sched.cv:
             self._check_open()
-            with self._adapter_context(adapter):
-                self._seed(sampling)
-                for start in range(0, len(order), self.max_batch_size):
-                    chunk = order[start:start + self.max_batch_size]
-                    limit = min(encoded[i][1] for i in chunk)  # rows in a chunk share max_new_tokens
-                    batch = self.tokenizer.pad({"input_ids": [encoded[i][0] for i in chunk]},
-                                               padding=True, return_tensors="pt")
-                    width = batch["input_ids"].shape[1]
-                    with torch.inference_mode():
-                        out = self.model.generate(
-                            input_ids=batch["input_ids"].to(self.device),
-                            attention_mask=batch["attention_mask"].to(self.device),
-                            **self._gen_kwargs(sampling, limit),
-                        )
-                    new = out[:, width:].tolist()
-                    for row, i in enumerate(chunk):
-                        results[i] = self._finish(len(encoded[i][0]), new[row], limit, sampling.stop)
-        return results  # type: ignore[return-value]
+            if sched.thread is None or not sched.thread.is_alive():
+                sched.thread = threading.Thread(target=_batch_worker, args=(sched, weakref.ref(self)),
+                                                name="tunesmith-transformers-batch", daemon=True)
+                sched.thread.start()
+            sched.pending.extend(rows)
+            sched.stats["requests"] += 1
+            sched.stats["rows"] += len(rows)
+            sched.cv.notify_all()
 
-    def stream(self, prompt: PromptInput, sampling: Sampling, *, adapter: str | None = None) -> TextStream:
-        """Text deltas for one prompt. Closing the stream stops generation within one token."""
+    def _take_batch(self) -> list[_Row]:
+        """Pop the next batch from the queue (the caller holds the scheduler's lock): the oldest
+        row and the compatible rows behind it, in queue order; rows cancelled while waiting end here."""
+        sched = self._sched
+        batch: list[_Row] = []
+        rest: list[_Row] = []
+        longest = largest = 0
+        for row in sched.pending:
+            if row.cancel.is_set():
+                self._end_row(row, cancelled=True)
+                continue
+            fits = max(longest, len(row.ids)) + max(largest, row.limit) <= self.max_model_len
+            if len(batch) < self.max_batch_size and (not batch or (row.request.key == batch[0].request.key and fits)):
+                batch.append(row)
+                longest, largest = max(longest, len(row.ids)), max(largest, row.limit)
+            else:
+                rest.append(row)
+        sched.pending = rest
+        if batch:
+            stats = sched.stats
+            stats["batches"] += 1
+            stats["last_batch_rows"] = len(batch)
+            stats["max_batch_rows"] = max(stats["max_batch_rows"], len(batch))
+        return batch
+
+    def _run_batch(self, rows: list[_Row]) -> None:
+        """One left-padded model.generate for `rows` (all of one batch_key), each row stopped by
+        its own criteria (see _step)."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        model_self = self
+        request = rows[0].request
+        sampling = request.sampling
+
+        class _PerRow(StoppingCriteria):
+            """Called once per generated token with every row's sequence so far: hands each
+            row its new token and says which rows are done (finished rows are padded by generate)."""
+
+            def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001
+                done = model_self._step(rows, input_ids[:, -1].tolist())
+                return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+        with self._lock:
+            if self._closed or self.model is None:  # closed after this batch was taken
+                for row in rows:
+                    self._end_row(row, cancelled=True)
+                return
+            with self._adapter_context(request.adapter), torch.inference_mode():
+                if sampling.temperature >= GREEDY_TEMPERATURE and sampling.seed:
+                    # A seeded request batches only with itself: its k-th batch draws from seed + k.
+                    torch.manual_seed(sampling.seed + request.batches)
+                request.batches += 1
+                batch = self.tokenizer.pad({"input_ids": [row.ids for row in rows]}, padding=True, return_tensors="pt")
+                self.model.generate(
+                    input_ids=batch["input_ids"].to(self.device),
+                    attention_mask=batch["attention_mask"].to(self.device),
+                    stopping_criteria=StoppingCriteriaList([_PerRow()]),
+                    **self._gen_kwargs(sampling, max(row.limit for row in rows)),
+                )
+                for row in rows:  # generate ended (all rows done, or its own length limit): end the rest
+                    if not row.done:
+                        self._end_row(row)
+
+    def _step(self, rows: list[_Row], last: list[int]) -> list[bool]:
+        """Dispatch one generated token per row; return which rows are done."""
+        closing = self._sched.closing
+        eos = self.eos_ids
+        done: list[bool] = []
+        n_new = 0
+        for row, token in zip(rows, last):
+            if row.done:
+                done.append(True)
+                continue
+            if row.cancel.is_set() or closing:
+                self._end_row(row, cancelled=True)
+                done.append(True)
+                continue
+            row.tokens.append(token)
+            n_new += 1
+            if row.decode:
+                # A delta per token: decode all tokens so far, hand out the new suffix unless it
+                # ends in an incomplete UTF-8 character; the StopScanner holds back a possible stop.
+                text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+                if len(text) > row.print_len and not text.endswith("\ufffd"):
+                    self._feed(row, text[row.print_len:])
+                    row.print_len = len(text)
+            if row.scanner.stopped or token in eos or len(row.tokens) >= row.limit:
+                self._end_row(row)
+            done.append(row.done)
+        if n_new:
+            with self._sched.cv:
+                self._sched.stats["tokens"] += n_new
+        return done
+
+    def _feed(self, row: _Row, delta: str) -> None:
+        out = row.scanner.feed(delta)
+        if out and row.stream:
+            row.out.put(out)
+
+    def _end_row(self, row: _Row, *, cancelled: bool = False, error: BaseException | None = None) -> None:
+        """Finish a row and hand its result (or error) to its caller."""
+        if row.done:
+            return
+        row.done = True
+        if error is None and cancelled:
+            with self._sched.cv:  # a reentrant lock: _take_batch calls this holding it
+                self._sched.stats["rows_cancelled"] += 1
+                self._sched.stats["cancelled_tokens"] += len(row.tokens)
+            if self._sched.closing and not row.cancel.is_set() and not row.stream:
+                row.out.put(FailedPrecondition("the model was closed while generating"))
+            else:  # a closed stream (nobody reads this), or one aborted by close(): ends "cancelled" as vLLM's do
+                row.out.put(Generation(row.scanner.text, len(row.ids), len(row.tokens), "cancelled"))
+            return
+        if error is not None:
+            row.out.put(error)
+            return
+        try:
+            if row.decode and not row.scanner.stopped:  # the held-back tail
+                text = self.tokenizer.decode(row.tokens, skip_special_tokens=True) if row.tokens else ""
+                self._feed(row, text[row.print_len:])
+                row.print_len = max(row.print_len, len(text))
+                out = row.scanner.flush()
+                if out and row.stream:
+                    row.out.put(out)
+            if row.stream:
+                gen = self._finish(len(row.ids), row.tokens, row.limit, [])
+                gen.text = row.scanner.text  # exactly the deltas handed out
+                if row.scanner.stopped:
+                    gen.finish_reason = "stop"
+            else:
+                gen = self._finish(len(row.ids), row.tokens, row.limit, row.request.sampling.stop)
+            top = row.request.sampling.logprobs
+            if top is not None:  # the worker holds the model lock and the row's adapter context here
+                from tunesmith_builtin._logprobs import completion_logprobs
+
+                gen.logprobs = completion_logprobs(self.model, self.tokenizer,
+                                                   [(row.ids, row.tokens[:gen.completion_tokens])], top,
+                                                   device=self.device, pad_id=self.pad_id or 0)[0]
+        except BaseException as exc:  # noqa: BLE001 - the caller must wake up
+            gen = exc
+        row.out.put(gen)
+
+    def _new_request(self, sampling: Sampling, adapter: str | None) -> _Request:
         check_sampling(sampling)
-        ids, limit = self._encode(prompt, sampling)
         self._check_open()
         if adapter and adapter not in self._adapters:
-            raise NotFound(f"no adapter named {adapter!r} is loaded", field="adapter")
-        return TextStream(lambda handle: self._stream(handle, ids, limit, sampling, adapter))
+            known = ", ".join(sorted(self._adapters)) or "none"
+            raise NotFound(f"no adapter named {adapter!r} is loaded (loaded: {known})", field="adapter")
+        return _Request(sampling, adapter)
 
-    def _stream(self, handle: TextStream, ids: list[int], limit: int, sampling: Sampling,
-                adapter: str | None) -> Iterator[str]:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-
-        cancel = threading.Event()
-        counted: list[int] = []  # generated token ids, collected by the streamer's put()
-
-        class _Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001
-                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
-
-        class _Streamer(TextIteratorStreamer):
-            """Emits a delta per token (the stock one waits for whole words): decodes all tokens
-            so far and hands out the new suffix, holding it while it ends in an incomplete
-            UTF-8 character."""
-
-            def put(self, value):  # noqa: ANN001
-                if self.next_tokens_are_prompt:
-                    self.next_tokens_are_prompt = False
-                    return
-                counted.extend(value.reshape(-1).tolist())
-                text = self.tokenizer.decode(counted, **self.decode_kwargs)
-                if len(text) > self.print_len and not text.endswith("\ufffd"):
-                    self.on_finalized_text(text[self.print_len:])
-                    self.print_len = len(text)
-
-            def end(self):
-                text = self.tokenizer.decode(counted, **self.decode_kwargs) if counted else ""
-                self.on_finalized_text(text[self.print_len:], stream_end=True)
-                self.print_len = max(self.print_len, len(text))
-
-        streamer = _Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        errors: queue.SimpleQueue = queue.SimpleQueue()
-
-        def work() -> None:
-            try:
-                with self._lock:
-                    self._check_open()
-                    with self._adapter_context(adapter), torch.inference_mode():
-                        self._seed(sampling)
-                        self.model.generate(
-                            input_ids=torch.tensor([ids], device=self.device),
-                            attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=self.device),
-                            streamer=streamer,
-                            stopping_criteria=StoppingCriteriaList([_Cancelled()]),
-                            **self._gen_kwargs(sampling, limit),
-                        )
-            except BaseException as exc:  # hand it to the consumer, and always wake it up
-                errors.put(exc)
-                try:
-                    streamer.end()
-                except BaseException:
-                    streamer.text_queue.put(streamer.stop_signal)
-
-        thread = threading.Thread(target=work, name="tunesmith-transformers-stream", daemon=True)
-        scanner = StopScanner(sampling.stop)
-        finished = drained = False
-        thread.start()
+    def generate(self, prompts: Sequence[PromptInput], sampling: Sampling, *,
+                 adapter: str | None = None) -> list[Generation]:
+        """Generate for all prompts through the batching queue (one row per prompt, queued in
+        order of length so that a request's own batches need little padding; they may share
+        batches with other callers' rows). Results come back in prompt order."""
+        request = self._new_request(sampling, adapter)
+        encoded = [self._encode(p, sampling) for p in prompts]
+        if not encoded:
+            return []
+        rows = [_Row(request, ids, limit, stream=False) for ids, limit in encoded]
+        order = sorted(range(len(rows)), key=lambda i: (rows[i].limit, len(rows[i].ids)))
+        self._enqueue([rows[i] for i in order])
+        results: list[Generation] = []
         try:
-            for delta in streamer:
-                out = scanner.feed(delta)
-                if out:
-                    yield out
-                if scanner.stopped:
-                    cancel.set()
-                    break
-            else:
-                drained = True
-            if not errors.empty():
-                raise errors.get()
-            out = scanner.flush()
-            if out:
-                yield out
-            finished = True
+            for row in rows:
+                item = row.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                results.append(item)
         finally:
-            cancel.set()
-            if not drained:  # left early: the worker sees the flag, stops and ends the streamer
-                for _ in streamer:
-                    pass
-            thread.join()
-            if finished:
-                handle.generation = self._finish(len(ids), counted, limit, [])
-                handle.generation.text = scanner.text
-                if scanner.stopped:
-                    handle.generation.finish_reason = "stop"
+            for row in rows:  # an interrupted caller (or a failed row) cancels the rest
+                row.cancel.set()
+        return results
+
+    def stream(self, prompt: PromptInput, sampling: Sampling, *, adapter: str | None = None) -> TextStream:
+        """Text deltas for one prompt, generated in a batch with other waiting rows. The row is
+        queued on the first next(); closing the stream stops its generation within one token
+        (the other rows of its batch go on)."""
+        request = self._new_request(sampling, adapter)
+        ids, limit = self._encode(prompt, sampling)
+        return TextStream(lambda handle: self._stream(handle, _Row(request, ids, limit, stream=True)))
+
+    def _stream(self, handle: TextStream, row: _Row) -> Iterator[str]:
+        try:
+            self._enqueue([row])
+            while True:
+                item = row.out.get()
+                if isinstance(item, str):
+                    yield item
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    handle.logprobs.extend(item.logprobs or [])  # Sampling.logprobs: all at the end
+                    handle.generation = item
+                    return
+        finally:
+            row.cancel.set()  # the worker drops the row at its next token (or when it reaches the queue's head)
 
 
     # -- log-likelihoods -------------------------------------------------------------------------
@@ -595,15 +804,27 @@ class TransformersModel:
         return results  # type: ignore[return-value]
 
     def close(self) -> None:
-        """Drop the model and free its memory (waits for running generations)."""
+        """Drop the model and free its memory. Queued rows and the running batch are aborted
+        (within one token): generate() callers get FailedPrecondition, streams end with
+        finish_reason "cancelled". Harmless when repeated."""
         import gc
 
-        with self._lock:
+        sched = self._sched
+        with sched.cv:
             if self._closed:
                 return
             self._closed = True
+            sched.closing = True
+            pending, sched.pending = sched.pending, []
+            for row in pending:
+                self._end_row(row, cancelled=True)
+            sched.cv.notify_all()
+            thread = sched.thread
+        with self._lock:  # the running batch sees `closing` at its next token and returns
             self.model = None
             self._adapters.clear()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(30)
         gc.collect()
         try:
             import torch

@@ -54,7 +54,10 @@ def start_service(service: str, runtime, *, port: int = 0, host: str = "[::]", g
         if close:
             close()
 
-    running = start_server(service, servicer, add, port=port, host=host, grace=grace, on_stop=on_stop)
+    # The inference service admits max_queue generation calls; its pool has room beyond them for
+    # health checks and for refusing one more with RESOURCE_EXHAUSTED.
+    workers = {"max_workers": servicer.max_queue + 16} if hasattr(servicer, "max_queue") else {}
+    running = start_server(service, servicer, add, port=port, host=host, grace=grace, on_stop=on_stop, **workers)
     running.http_port = http.port if http is not None else None
     running.servicer = servicer
     return running

@@ -433,7 +433,7 @@ def build_app(servicer):
     """The FastAPI app over an InferenceServicer."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
-    from starlette.concurrency import run_in_threadpool
+    from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
     api = OpenAIApi(servicer)
     app = FastAPI(title="Tunesmith inference (OpenAI-compatible)", docs_url=None, redoc_url=None)
@@ -469,7 +469,17 @@ def build_app(servicer):
         body = await _body(request)
         if isinstance(body, dict) and body.get("stream"):
             lines = await run_in_threadpool(api.stream, body, kind)
-            return StreamingResponse(lines, media_type="text/event-stream",
+
+            async def body_lines():
+                try:
+                    async for line in iterate_in_threadpool(lines):
+                        yield line
+                finally:
+                    # A client that disconnects cancels this generator: stop its generation and
+                    # free its queue slot now (synchronously: an await here would be cancelled).
+                    lines.close()
+
+            return StreamingResponse(body_lines(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return JSONResponse(await run_in_threadpool(api.complete, body, kind))
 
