@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import urllib.error
 import urllib.request
 
 import grpc
 import pytest
 
-from tunesmith.api.inference.v1 import inference_pb2, inference_pb2_grpc
+from tunesmith.api.inference.v1 import inference_pb2
 
-
-def _wait_ready(stub, name, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
-        served = stub.GetServedModel(inference_pb2.GetServedModelRequest(name=name))
-        if served.state != inference_pb2.SERVED_MODEL_STATE_LOADING:
-            return served
-        assert time.monotonic() < deadline, f"{name} did not load"
-        time.sleep(0.1)
+from .serving import inference_service, wait_ready
 
 
 def _adapter(runtime, model_dir, folder, *, seed=0, rank=4, dora=False, ia3=False):
@@ -42,33 +33,21 @@ def _adapter(runtime, model_dir, folder, *, seed=0, rank=4, dora=False, ia3=Fals
 
 @pytest.fixture(scope="module")
 def service(varied_model_dir, tiny_model_dir, tmp_path_factory):
-    from tunesmith.cli.servers import start_service
-    from tunesmith.core.runtime import Runtime
-
-    runtime = Runtime.create(str(tmp_path_factory.mktemp("adapter-serving")))
-    runtime.models.register("tiny", varied_model_dir)
-    runtime.models.register("other", tiny_model_dir)
     broken = tmp_path_factory.mktemp("broken") / "broken"
     shutil.copytree(tiny_model_dir, broken)
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    runtime.models.register("broken", str(broken))
-    running = start_service("inference", runtime, port=0, host="127.0.0.1", http_port=0)
-    channel = grpc.insecure_channel(running.address)
-    stub = inference_pb2_grpc.InferenceServiceStub(channel)
-    stub.LoadModel(inference_pb2.LoadModelRequest(
-        name="tiny", model="tiny", backend="transformers", enable_adapters=True,
-        adapter_limits=inference_pb2.AdapterLimits(max_adapters=3, max_rank=8)))
-    assert _wait_ready(stub, "tiny").state == inference_pb2.SERVED_MODEL_STATE_READY
-    folders = tmp_path_factory.mktemp("adapters")
-    uris = {name: _adapter(runtime, varied_model_dir, folders / name, seed=i)
-            for i, name in enumerate(["a", "b", "c"])}
-    uris["wide"] = _adapter(runtime, varied_model_dir, folders / "wide", rank=16)
-    uris["dora"] = _adapter(runtime, varied_model_dir, folders / "dora", seed=5, dora=True)
-    uris["ia3"] = _adapter(runtime, varied_model_dir, folders / "ia3", seed=6, ia3=True)
-    yield {"stub": stub, "runtime": runtime, "uris": uris, "folders": folders,
-           "http": f"http://127.0.0.1:{running.http_port}"}
-    channel.close()
-    running.stop(0)
+    models = {"tiny": varied_model_dir, "other": tiny_model_dir, "broken": str(broken)}
+    load = {"name": "tiny", "model": "tiny", "backend": "transformers", "enable_adapters": True,
+            "adapter_limits": {"max_adapters": 3, "max_rank": 8}}
+    with inference_service(str(tmp_path_factory.mktemp("adapter-serving")), models, load=load) as svc:
+        runtime = svc["runtime"]
+        folders = tmp_path_factory.mktemp("adapters")
+        uris = {name: _adapter(runtime, varied_model_dir, folders / name, seed=i)
+                for i, name in enumerate(["a", "b", "c"])}
+        uris["wide"] = _adapter(runtime, varied_model_dir, folders / "wide", rank=16)
+        uris["dora"] = _adapter(runtime, varied_model_dir, folders / "dora", seed=5, dora=True)
+        uris["ia3"] = _adapter(runtime, varied_model_dir, folders / "ia3", seed=6, ia3=True)
+        yield {"stub": svc["stub"], "runtime": runtime, "uris": uris, "folders": folders, "http": svc["http"]}
 
 
 def _generate(stub, model, prompt="Where is my card?", n=8):
@@ -206,7 +185,7 @@ def test_readiness_per_model_for_kubernetes_probes(service):
     assert _get(f"{http}/ready/tiny") == (200, {"name": "tiny", "state": "READY", "ready": True})
     assert _get(f"{http}/ready")[0] == 200
     stub.LoadModel(inference_pb2.LoadModelRequest(name="broken", model="broken", backend="transformers"))
-    assert _wait_ready(stub, "broken").state == inference_pb2.SERVED_MODEL_STATE_FAILED
+    assert wait_ready(stub, "broken").state == inference_pb2.SERVED_MODEL_STATE_FAILED
     try:
         status, body = _get(f"{http}/ready/broken")
         assert status == 503 and body["state"] == "FAILED" and body["error"]

@@ -26,6 +26,8 @@ pytest.importorskip("transformers")
 
 from tunesmith.core.contracts import Sampling  # noqa: E402
 
+from .serving import inference_service  # noqa: E402
+
 MAX_MODEL_LEN = 2048
 LONG = 1900  # max_new_tokens of a blocker: it runs until it is cancelled
 N_TOKENS = 16
@@ -54,29 +56,16 @@ def _wait_for(what: str, check, timeout: float = 10.0):
 # --- the service -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def service(varied_model_dir, tmp_path_factory):
-    import grpc
-
     from tunesmith.api.common.v1 import common_pb2
-    from tunesmith.api.inference.v1 import inference_pb2, inference_pb2_grpc
-    from tunesmith.cli.servers import start_service
-    from tunesmith.core.runtime import Runtime
 
-    runtime = Runtime.create(str(tmp_path_factory.mktemp("concurrency-storage")))
-    runtime.models.register("tiny", varied_model_dir)
-    running = start_service("inference", runtime, port=0, host="127.0.0.1", http_port=0)
-    channel = grpc.insecure_channel(running.address)
-    stub = inference_pb2_grpc.InferenceServiceStub(channel)
-    stub.LoadModel(inference_pb2.LoadModelRequest(name="tiny", model="tiny", backend="transformers",
-                                                  max_model_len=MAX_MODEL_LEN, dtype=common_pb2.DTYPE_FLOAT32),
-                  timeout=60)  # float32 on any device, so exact comparisons hold
-    _wait_for("the model to load", lambda: stub.GetServedModel(inference_pb2.GetServedModelRequest(
-        name="tiny")).state == inference_pb2.SERVED_MODEL_STATE_READY, timeout=60)
-    servicer = running.servicer
-    model = servicer.served["tiny"][1]
-    assert model.backend == "transformers" and model.dtype == "float32"
-    yield {"stub": stub, "http": f"http://127.0.0.1:{running.http_port}/v1", "servicer": servicer, "model": model}
-    channel.close()
-    running.stop(0)
+    # float32 on any device, so exact comparisons hold
+    with inference_service(str(tmp_path_factory.mktemp("concurrency-storage")), {"tiny": varied_model_dir},
+                           load={"name": "tiny", "model": "tiny", "backend": "transformers",
+                                 "max_model_len": MAX_MODEL_LEN, "dtype": common_pb2.DTYPE_FLOAT32}) as svc:
+        servicer = svc["servicer"]
+        model = servicer.served["tiny"][1]
+        assert model.backend == "transformers" and model.dtype == "float32"
+        yield {"stub": svc["stub"], "http": svc["http"] + "/v1", "servicer": servicer, "model": model}
 
 
 @pytest.fixture(scope="module")

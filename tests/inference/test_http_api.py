@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from .serving import inference_service
+
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -13,31 +15,17 @@ pytest.importorskip("uvicorn")
 
 @pytest.fixture(scope="module")
 def service(varied_model_dir, tmp_path_factory):
-    import grpc
-
-    from tunesmith.api.inference.v1 import inference_pb2, inference_pb2_grpc
-    from tunesmith.cli.servers import start_service
-    from tunesmith.core.runtime import Runtime
+    from tunesmith.api.inference.v1 import inference_pb2
     from tunesmith.testing.contracts import tiny_lora_adapter
 
-    runtime = Runtime.create(str(tmp_path_factory.mktemp("http-storage")))
-    runtime.models.register("tiny", varied_model_dir)
-    running = start_service("inference", runtime, port=0, host="127.0.0.1", http_port=0)
-    channel = grpc.insecure_channel(running.address)
-    stub = inference_pb2_grpc.InferenceServiceStub(channel)
-    stub.LoadModel(inference_pb2.LoadModelRequest(name="tiny", model="tiny", backend="transformers",
-                                                  enable_adapters=True), timeout=60)
-    deadline = time.monotonic() + 60
-    while stub.GetServedModel(inference_pb2.GetServedModelRequest(name="tiny")).state != \
-            inference_pb2.SERVED_MODEL_STATE_READY:
-        assert time.monotonic() < deadline, "the model did not load"
-        time.sleep(0.1)
-    adapter_dir = tiny_lora_adapter(varied_model_dir, tmp_path_factory.mktemp("lora") / "a")
-    uri = runtime.storage.put_artifact("adapter", adapter_dir).uri
-    stub.LoadAdapter(inference_pb2.LoadAdapterRequest(name="acme", base="tiny", adapter={"uri": uri}), timeout=60)
-    yield {"stub": stub, "http": f"http://127.0.0.1:{running.http_port}/v1", "servicer": running.servicer}
-    channel.close()
-    running.stop(0)
+    with inference_service(str(tmp_path_factory.mktemp("http-storage")), {"tiny": varied_model_dir},
+                           load={"name": "tiny", "model": "tiny", "backend": "transformers",
+                                 "enable_adapters": True}) as svc:
+        adapter_dir = tiny_lora_adapter(varied_model_dir, tmp_path_factory.mktemp("lora") / "a")
+        uri = svc["runtime"].storage.put_artifact("adapter", adapter_dir).uri
+        svc["stub"].LoadAdapter(inference_pb2.LoadAdapterRequest(name="acme", base="tiny", adapter={"uri": uri}),
+                                timeout=60)
+        yield {"stub": svc["stub"], "http": svc["http"] + "/v1", "servicer": svc["servicer"]}
 
 
 @pytest.fixture

@@ -2,38 +2,20 @@
 `openai` client), checked against a plain transformers forward pass."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from .reference import reference_logprobs
+from .serving import inference_service
 
 openai = pytest.importorskip("openai")
 
 
 @pytest.fixture(scope="module")
 def service(varied_model_dir, tmp_path_factory):
-    import grpc
-
-    from tunesmith.api.inference.v1 import inference_pb2, inference_pb2_grpc
-    from tunesmith.cli.servers import start_service
-    from tunesmith.core.runtime import Runtime
-
-    runtime = Runtime.create(str(tmp_path_factory.mktemp("logprob-storage")))
-    runtime.models.register("tiny", varied_model_dir)
-    running = start_service("inference", runtime, port=0, host="127.0.0.1", http_port=0)
-    channel = grpc.insecure_channel(running.address)
-    stub = inference_pb2_grpc.InferenceServiceStub(channel)
-    stub.LoadModel(inference_pb2.LoadModelRequest(name="tiny", model="tiny", backend="transformers"))
-    deadline = time.monotonic() + 60
-    while stub.GetServedModel(inference_pb2.GetServedModelRequest(name="tiny")).state != \
-            inference_pb2.SERVED_MODEL_STATE_READY:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{running.http_port}/v1", api_key="unused", max_retries=0)
-    yield {"stub": stub, "client": client, "servicer": running.servicer, "dir": varied_model_dir}
-    channel.close()
-    running.stop(0)
+    with inference_service(str(tmp_path_factory.mktemp("logprob-storage")), {"tiny": varied_model_dir},
+                           load={"name": "tiny", "model": "tiny", "backend": "transformers"}) as svc:
+        client = openai.OpenAI(base_url=svc["http"] + "/v1", api_key="unused", max_retries=0)
+        yield {**svc, "client": client, "dir": varied_model_dir}
 
 
 def _prompt_ids(service, text):
