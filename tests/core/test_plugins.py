@@ -236,7 +236,7 @@ def test_wrong_signatures_types_and_non_callables_are_refused():
         def load(self, model_path, *, dtype="", max_model_len=0):
             return None
 
-    assert ("whose load does not accept load(model_path, *, dtype, max_model_len, enable_adapters)"
+    assert ("whose load does not accept load(model_path, *, dtype, max_model_len, enable_adapters, adapter_limits)"
             in refusal("inference_backends", NoAdapterKeyword()))
 
     class NotABool(Template):

@@ -174,3 +174,32 @@ def test_dora_is_refused_by_vllm_with_the_reason_then_served_by_the_fallback(up)
     r = client.chat.completions.create(model="smol:dora", messages=CHAT, max_tokens=12, temperature=0)
     assert r.choices[0].message.content
     stub.UnloadAdapter(inference_pb2.UnloadAdapterRequest(name="dora"))
+
+
+def test_64_mixed_grpc_and_http_streams_equal_sequential_greedy_outputs(up):
+    """64 streams at once against the one vLLM engine, half gRPC GenerateStream and half HTTP
+    streaming chat: 0 errors, and each equals its prompt's answer asked alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, stub = up["client"], up["stub"]
+    questions = [f"Name one thing that is {c} and say why in a sentence." for c in
+                 ("red", "blue", "green", "yellow", "round", "soft", "loud", "cold")] * 8
+    alone = {}
+    for q in set(questions):
+        alone[q] = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": q}],
+                                                  max_tokens=16, temperature=0).choices[0].message.content
+
+    def over_grpc(q):
+        prompt = inference_pb2.Prompt(chat=inference_pb2.Conversation(messages=[
+            inference_pb2.ChatMessage(role=inference_pb2.CHAT_ROLE_USER, content=q)]))
+        return "".join(c.delta for c in stub.GenerateStream(inference_pb2.GenerateRequest(
+            model="smol", prompts=[prompt], sampling=inference_pb2.SamplingParams(max_new_tokens=16)), timeout=300))
+
+    def over_http(q):
+        return "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="smol", messages=[{"role": "user", "content": q}], max_tokens=16, temperature=0, stream=True))
+
+    jobs = [(over_grpc if i % 2 else over_http, q) for i, q in enumerate(questions)]
+    with ThreadPoolExecutor(64) as pool:
+        answers = list(pool.map(lambda job: job[0](job[1]), jobs))
+    assert answers == [alone[q] for q in questions]
