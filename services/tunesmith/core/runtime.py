@@ -23,6 +23,19 @@ class Runtime:
         registry = registry or get_registry()
         return cls(open_storage(root, registry), registry)
 
+    def require_peer(self, service: str, *, needed_by: str, field: str) -> str:
+        """The gRPC address of `service`, or FailedPrecondition (code no_<service>_service)
+        saying that `needed_by` needs it and how to set it."""
+        from tunesmith.core.errors import FailedPrecondition
+
+        address = self.peers.get(service)
+        if not address:
+            raise FailedPrecondition(
+                f"{needed_by} needs the {service} service, and this process has no address for it "
+                f"(set TUNESMITH_{service.upper()}_ADDRESS; `tunesmith up` sets it)", field=field,
+                code=f"no_{service}_service")
+        return address
+
     @cached_property
     def models(self):
         from tunesmith.core.models import ModelStore

@@ -167,11 +167,7 @@ def served_model(runtime, model: str) -> tuple[str, str]:
     from tunesmith.client.errors import InvalidArgumentError, NotFoundError, TunesmithClientError
     from tunesmith.client.inference import InferenceClient
 
-    address = runtime.peers.get("inference")
-    if not address:
-        raise FailedPrecondition("synthetic data needs the inference service, and this data service has no address "
-                                 "for it (set TUNESMITH_INFERENCE_ADDRESS; `tunesmith up` sets it)", field="spec.model",
-                                 code="no_inference_service")
+    address = runtime.require_peer("inference", needed_by="synthetic data", field="spec.model")
     try:
         with InferenceClient(address) as client:
             try:

@@ -130,11 +130,7 @@ def _check_requirements(spec, dataset, registry, options) -> None:
 
 def _check_served_judge(runtime, name: str) -> None:
     """FailedPrecondition unless `name` is READY on the inference service (Runtime.peers)."""
-    address = runtime.peers.get("inference")
-    if not address:
-        raise FailedPrecondition("a model judge needs the inference service, and this evaluator has no address for "
-                                 "it (set TUNESMITH_INFERENCE_ADDRESS; `tunesmith up` sets it)", field="spec.judge.model",
-                                 code="no_inference_service")
+    address = runtime.require_peer("inference", needed_by="a model judge", field="spec.judge.model")
     from tunesmith.client.errors import TunesmithClientError
     from tunesmith.client.inference import InferenceClient
 

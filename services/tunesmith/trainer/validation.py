@@ -143,10 +143,7 @@ def _check_method(spec: trainer_pb2.TrainingJobSpec, registry) -> None:
 
 def _accept_gate(spec: trainer_pb2.TrainingJobSpec, runtime) -> None:
     """Defaults for the quality gate; FailedPrecondition when no evaluator service is known."""
-    if not runtime.peers.get("evaluator"):
-        raise FailedPrecondition("the quality gate runs on the evaluator service, and this trainer has no address for "
-                                 "it (set TUNESMITH_EVALUATOR_ADDRESS; `tunesmith up` sets it)", field="spec.gate",
-                                 code="no_evaluator_service")
+    runtime.require_peer("evaluator", needed_by="the quality gate", field="spec.gate")
     if not spec.gate.suites:
         spec.gate.suites.extend(SUITE_NAMES)
     spec.gate.tolerance = spec.gate.tolerance or DEFAULT_TOLERANCE
@@ -177,10 +174,7 @@ def _accept_serve_as(spec: trainer_pb2.TrainingJobSpec, runtime, method) -> None
     InvalidArgument when the requested backend cannot serve what the method saves."""
     from tunesmith.trainer.reference import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPTS
 
-    if not runtime.peers.get("inference"):
-        raise FailedPrecondition("serve_as hands the model to the inference service, and this trainer has no address "
-                                 "for it (set TUNESMITH_INFERENCE_ADDRESS; `tunesmith up` sets it)",
-                                 field="spec.serve_as", code="no_inference_service")
+    runtime.require_peer("inference", needed_by="serve_as", field="spec.serve_as")
     c = spec.serve_check
     if c.backend:
         runtime.registry.require("inference_backends", c.backend, "spec.serve_check.backend")
