@@ -471,12 +471,9 @@ class VllmModel:
             raise InvalidArgument("an adapter needs a name", field="adapter")
         if not os.path.isfile(os.path.join(adapter_dir, "adapter_config.json")):
             raise NotFound(f"no adapter_config.json in {adapter_dir!r}", field="adapter_dir")
-        try:
-            with open(os.path.join(adapter_dir, "adapter_config.json"), encoding="utf-8") as f:
-                reason = adapter_unsupported(json.load(f))
-        except (OSError, ValueError) as exc:
-            raise InvalidArgument(f"cannot read adapter_config.json in {adapter_dir!r}: {exc}",
-                                  field="adapter_dir") from None
+        from tunesmith.core.formats.adapter import peft_config
+
+        reason = adapter_unsupported(peft_config(adapter_dir, "adapter_dir"))
         if reason:
             raise FailedPrecondition(reason, field="adapter_dir", code="adapter_unsupported_by_backend")
         self._check_open()

@@ -114,3 +114,13 @@ def test_sigterm_stops_everything(up):
     with grpc.insecure_channel(f"localhost:{base}") as ch:
         with pytest.raises(grpc.RpcError):
             health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["serve", "data", "--load", "x=y"], "for the inference service only"),
+    (["up", "--enable-adapters"], "add --load NAME=MODEL"),
+    (["serve", "inference", "--load-backend", "vllm"], "add --load NAME=MODEL"),
+])
+def test_load_options_that_would_be_ignored_are_refused(argv, message):
+    r = subprocess.run([sys.executable, "-m", "tunesmith.cli.main", *argv], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and message in r.stderr

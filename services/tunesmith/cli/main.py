@@ -17,6 +17,10 @@ def cmd_serve(args) -> int:
     from tunesmith.core.runtime import Runtime
     from tunesmith.core.server import serve_forever
 
+    unused = _refuse_unused_load_options(args, args.service)
+    if unused:
+        print(f"error: {unused}", file=sys.stderr)
+        return 2
     logs.configure(args.service)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     runtime = Runtime.create(args.storage)
@@ -42,6 +46,15 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _refuse_unused_load_options(args, service: str = "inference") -> str:
+    """The error for --load options that would be ignored ("" when they are all used)."""
+    if args.load and service != "inference":
+        return "--load serves models, so it is for the inference service only"
+    if (args.load_backend or args.enable_adapters) and not args.load:
+        return "--load-backend and --enable-adapters apply to --load models; add --load NAME=MODEL"
+    return ""
+
+
 def load_at_start(servicer, specs: list[str], *, backend: str = "", enable_adapters: bool = False) -> None:
     """Start loading each NAME=MODEL of `specs` (LoadModel returns at once; GET /ready/NAME on
     the HTTP API says when it is READY). ValueError naming the spec for a bad one."""
@@ -64,6 +77,10 @@ def load_at_start(servicer, specs: list[str], *, backend: str = "", enable_adapt
 def cmd_up(args) -> int:
     from tunesmith.cli.servers import LocalCluster
 
+    unused = _refuse_unused_load_options(args)
+    if unused:
+        print(f"error: {unused}", file=sys.stderr)
+        return 2
     ports = {s: args.base_port + i for i, s in enumerate(SERVICE_NAMES)} if args.base_port else None
     cluster = LocalCluster(ports=ports, storage=args.storage, load=args.load, load_backend=args.load_backend,
                            enable_adapters=args.enable_adapters).start()

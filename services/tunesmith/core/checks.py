@@ -57,25 +57,37 @@ def check_adapter_artifact(storage, uri: str, field: str):
     return folder
 
 
-def check_adapter_base(models, folder, uri: str, model: str, field: str) -> None:
+def check_adapter_base(models, folder, uri: str, model: str, field: str, *, model_uri: str = "",
+                       unknown_ok: bool = False) -> None:
     """FailedPrecondition unless the adapter in `folder` was trained on `model` (its recorded
-    base artifact is the model's artifact). Adapters without tunesmith-adapter.json (plain peft
-    folders) are compared by base_model_name_or_path."""
+    base artifact is the model's artifact, `model_uri` when the caller knows it). Adapters
+    without tunesmith-adapter.json (plain peft folders) are compared by base_model_name_or_path.
+    unknown_ok: a base named by something that is neither a model artifact URI nor a model-store
+    name (a hub id, a local path) cannot be compared and is accepted (the inference service: a
+    shape mismatch then fails in the engine)."""
     from tunesmith.core.formats.adapter import base_reference
     from tunesmith.core.models import BUNDLED_NAME
+    from tunesmith.core.storage import is_artifact_uri
 
     base = base_reference(folder)
     if not base:
         return  # a plain peft folder that names no base: nothing to compare
-    if model == BUNDLED_NAME and not models.is_stored(model):
-        actual = ""
-    else:
+    actual = model_uri
+    if not actual and not (model == BUNDLED_NAME and not models.is_stored(model)):
         try:
             actual = models.get(model).artifact.uri
         except (NotFound, InvalidArgument):
             actual = ""
-    if base not in (actual, model):
-        raise FailedPrecondition(
-            f"adapter {uri} was trained on {base}, not on {model!r}"
-            + (f" ({actual})" if actual and actual != model else "")
-            + "; pair it with its own base model", field=field, code="adapter_base_mismatch")
+    if base in (actual, model):
+        return
+    if unknown_ok:
+        try:
+            named = base if is_artifact_uri(base) else (models.get(base).artifact.uri if models.is_stored(base) else "")
+        except (NotFound, InvalidArgument):  # not a model-store name
+            named = ""
+        if not named or named == actual:
+            return
+    raise FailedPrecondition(
+        f"adapter {uri} was trained on {base}, not on {model!r}"
+        + (f" ({actual})" if actual and actual != model else "")
+        + "; pair it with its own base model", field=field, code="adapter_base_mismatch")

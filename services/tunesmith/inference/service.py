@@ -11,14 +11,14 @@ import threading
 
 from tunesmith.api.common.v1 import common_pb2
 from tunesmith.api.inference.v1 import inference_pb2, inference_pb2_grpc
-from tunesmith.core.checks import check_model
+from tunesmith.core.checks import check_adapter_base, check_model
+from tunesmith.core.formats.adapter import peft_config, peft_kind
 from tunesmith.core.contracts import AdapterLimits, Sampling
 from tunesmith.core.dtypes import dtype_enum, dtype_name
 from tunesmith.core.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted,
                                    TunesmithError, Violations)
 from tunesmith.core.unimplemented import refuse_unimplemented
 from tunesmith.core.validation import SERVED_NAME, check_enum, check_float, check_int, check_strings
-from tunesmith.inference.adapters import adapter_kind, check_adapter_on_base, read_adapter_config
 from tunesmith.core.records import artifact_ref
 from tunesmith.core.runtime import Runtime
 from tunesmith.core.status import service_status
@@ -282,9 +282,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             adapter_dir = self.rt.storage.resolve(request.adapter.uri)
         except (InvalidArgument, NotFound) as exc:
             raise type(exc)(exc.message, field="adapter.uri") from None
-        config = read_adapter_config(adapter_dir, request.adapter.uri)
-        check_adapter_on_base(self.rt.models, adapter_dir, request.adapter.uri, base_served)
-        peft_type, rank = adapter_kind(config)
+        config = peft_config(adapter_dir, "adapter.uri")
+        check_adapter_base(self.rt.models, adapter_dir, request.adapter.uri, base_served.model, "adapter.uri",
+                           model_uri=base_served.artifact.uri, unknown_ok=True)
+        peft_type, rank = peft_kind(config)
         self._check_adapter_limits(base_served, request, rank)
         backend_name, reason = base_served.backend, ""
         unsupported = loaded.adapter_unsupported(config)
@@ -398,8 +399,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         max_new_tokens leaves no room for a prompt in the model's context (field
         sampling.max_new_tokens; a prompt that then does not fit cuts the completion short)."""
         served, loaded = self._get(name)
-        limit = getattr(loaded, "max_model_len", 0)
-        if sampling is not None and limit and sampling.max_new_tokens >= limit:
+        limit = loaded.max_model_len
+        if sampling is not None and sampling.max_new_tokens >= limit:
             raise InvalidArgument(f"is {sampling.max_new_tokens}, but {name!r} has a context of {limit} tokens, "
                                   "prompt and completion together", field="sampling.max_new_tokens",
                                   code="context_length_exceeded")

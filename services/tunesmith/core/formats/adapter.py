@@ -110,3 +110,23 @@ def base_reference(folder: Path | str) -> str:
     if not is_adapter(folder):
         raise InvalidArgument(f"{folder} is not a peft adapter (no {PEFT_CONFIG})", field="adapter")
     return str(read_file(folder / PEFT_CONFIG, "adapter").get("base_model_name_or_path") or "")
+
+
+def peft_config(folder: Path | str, what: str = "adapter") -> dict[str, Any]:
+    """adapter_config.json of an adapter folder; NotFound(field=what) if missing, FormatError if
+    malformed."""
+    config = read_file(Path(folder) / PEFT_CONFIG, what)
+    if not isinstance(config, dict):
+        raise FormatError(f"{Path(folder) / PEFT_CONFIG} is not a JSON object")
+    return config
+
+
+def peft_kind(config: dict[str, Any]) -> tuple[str, int]:
+    """(PEFT method, rank) of an adapter_config.json: "LORA", "LORA+DORA", "IA3", ...; the rank
+    is the largest of `r` and `rank_pattern`'s values (0 for methods without one)."""
+    peft_type = str(config.get("peft_type") or "UNKNOWN").upper()
+    if peft_type == "LORA" and config.get("use_dora"):
+        peft_type = "LORA+DORA"
+    ranks = [config.get("r")] + list((config.get("rank_pattern") or {}).values())
+    rank = max((int(r) for r in ranks if isinstance(r, int) and not isinstance(r, bool)), default=0)
+    return peft_type, rank
