@@ -169,7 +169,7 @@ def test_max_tokens_beyond_the_context_is_refused_over_grpc_and_http(service):
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model="tiny", prompt="hi", max_tokens=5000)
     assert err.value.body["param"] == "max_tokens" and err.value.body["code"] == "context_length_exceeded"
-    assert client.completions.create(model="tiny", prompt="hi", max_tokens=4).choices[0].text is not None
+    assert client.completions.create(model="tiny", prompt="hi", max_tokens=4).usage.completion_tokens >= 1
 
 
 def _get(url):
